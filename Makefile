@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup demo test clean
+.PHONY: setup visdom-assets visdom demo test clean
 
 # The venv is rebuilt whenever requirements.txt changes. setuptools<81 goes in first because
 # visdom 0.2.4's setup.py imports pkg_resources and is built against the venv's own setuptools.
@@ -16,7 +16,15 @@ $(VENV)/.installed: requirements.txt
 
 setup: $(VENV)/.installed
 
-test: setup
+# Visdom's dashboard files, fetched once from the npm registry (visdom's own start-up fetches them
+# from CDNs, which fails offline); then `make visdom` serves the dashboard on 127.0.0.1:8097.
+visdom-assets: setup
+	$(PY) tools/visdom_server.py --install-only
+
+visdom: visdom-assets
+	$(PY) tools/visdom_server.py --port 8097
+
+test: setup visdom-assets
 	$(PY) -m pytest -q tests
 
 clean:
