@@ -1,0 +1,54 @@
+"""ROC figures (true accept rate against false accept rate on a log axis) as PNG files, drawn with
+matplotlib's Agg canvas directly, so no pyplot backend or global state is touched."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .verification import RocCurve, VerificationResult
+
+
+def _as_curve(item) -> tuple[RocCurve, str]:
+    if isinstance(item, VerificationResult):
+        return item.roc, f"{item.protocol} (accuracy {100 * item.accuracy_mean:.2f}%)"
+    if isinstance(item, RocCurve):
+        return item, "ROC"
+    raise TypeError(f"cannot plot a {type(item).__name__}: give VerificationResult or RocCurve objects")
+
+
+def save_roc_png(result_or_results, path, labels=None, title: str = "ROC", min_fpr: float | None = None) -> None:
+    """Write the ROC of one result or of a list of them (VerificationResult or RocCurve, e.g. the
+    per-distractor-count curves of a MegaFace result) to `path` as a PNG. Points with FPR 0 cannot
+    sit on the log axis and are left out; the axis starts at `min_fpr` or the smallest FPR shown."""
+    items = result_or_results if isinstance(result_or_results, (list, tuple)) and not isinstance(
+        result_or_results, RocCurve) else [result_or_results]
+    curves = [_as_curve(item) for item in items]
+    if labels is not None and len(labels) != len(curves):
+        raise ValueError(f"{len(labels)} labels for {len(curves)} curves")
+    figure = Figure(figsize=(6.4, 4.8), dpi=120)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    smallest = 1.0
+    for index, (curve, default_label) in enumerate(curves):
+        fpr, tpr = np.asarray(curve.fpr, dtype=float), np.asarray(curve.tpr, dtype=float)
+        shown = fpr > 0
+        if not shown.any():
+            continue
+        # in threshold order: both rates move monotonically with the threshold, so this is the curve
+        axes.plot(fpr[shown], tpr[shown], linewidth=1.5,
+                  label=labels[index] if labels is not None else default_label)
+        smallest = min(smallest, float(fpr[shown].min()))
+    axes.set_xscale("log")
+    axes.set_xlim(min_fpr if min_fpr is not None else smallest, 1.0)
+    axes.set_ylim(0.0, 1.0)
+    axes.set_xlabel("false accept rate (FAR)")
+    axes.set_ylabel("true accept rate (TAR)")
+    axes.set_title(title)
+    axes.grid(True, which="major", alpha=0.4)
+    axes.grid(True, which="minor", alpha=0.15)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, format="png")
