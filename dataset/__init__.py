@@ -1,10 +1,26 @@
 """Face data without MXNet: insightface .rec/.idx packs, verification .bin files, image lists and
 folders, pair lists, and synthetic face identities. Every reader yields RGB uint8 HWC 112x112."""
 
+import os
+
 from .augment import TrainingView, flip_coin, normalize_images
 from .errors import DataFormatError, run_cli
 from .image_codec import decode_image, encode_image, read_image_file
 from .image_list import (ImageListDataset, load_pair_images, read_image_list, read_lfw_pairs,
                          read_pair_list, read_pairs, scan_image_folder, write_image_list, write_pair_list)
 from .recordio import RecordDataset, RecordWriter, read_property, write_record_pack
-from .verification_bin import load_bin, read_bin_payloads, write_bin
+from .verification_bin import EncodedImages, load_bin, open_bin, read_bin_payloads, write_bin
+
+
+def open_training_set(path, root: str = "", skip_corrupt: bool = False):
+    """A training source by what `path` is: a .rec/.idx pack (its folder, prefix or .rec), an image
+    folder with one sub-folder per identity, or a `path label` list (relative to `root`, default
+    the list's folder)."""
+    path = os.fspath(path)
+    if os.path.exists(path + ".rec") or path.endswith(".rec") or os.path.exists(os.path.join(path, "train.rec")):
+        return RecordDataset(path, skip_corrupt=skip_corrupt)
+    if os.path.isdir(path):
+        return ImageListDataset(path)
+    if os.path.isfile(path):
+        return ImageListDataset(root or os.path.dirname(os.path.abspath(path)), path)
+    raise DataFormatError(path, "training data not found: expected a .rec/.idx pack, an image folder or a list file")
