@@ -24,6 +24,18 @@ visdom-assets: setup
 visdom: visdom-assets
 	$(PY) tools/visdom_server.py --port 8097
 
+# The demo: synthetic identities (regenerated when their generator changes), MobileFaceNet + ArcFace
+# trained from scratch, curves in result/demo_curves.png, and a last line of JSON with the result.
+DEMO_DATA := data/synthetic
+$(DEMO_DATA)/.complete: dataset/synthetic.py tools/make_synthetic.py | setup
+	$(PY) tools/make_synthetic.py $(DEMO_DATA)
+	touch $@
+
+demo: setup $(DEMO_DATA)/.complete
+	rm -rf runs/demo
+	$(PY) train.py configs/demo.py
+	$(PY) tools/plot_run.py runs/demo --out result/demo_curves.png --json
+
 test: setup visdom-assets
 	$(PY) -m pytest -q tests
 

@@ -10,55 +10,27 @@ output_dir/name holds config.json, log.txt, metrics.jsonl, checkpoint.pt and bac
 restarted with the same config continues from its checkpoint.pt exactly where it stopped.
 """
 
-import contextlib
-import inspect
 import json
-import math
 import os
 import sys
 import time
 
 import torch
-import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from backbone import build_backbone
 from config import Config, config_to_dict, load_config
-from dataset import TrainingView, normalize_images, open_bin, open_training_set
-from evaluation.features import PRECISIONS, autocast_context, extract_embeddings
+from dataset import TrainingView, open_bin, open_training_set
+from evaluation.features import extract_embeddings
 from evaluation.verification import evaluate_verification
-from margin import MARGINS, build_aux_loss, build_margin
 from training import checkpoint
-from training.distributed import ShardedClassifier, DistributedContext, all_reduce_mean, init_distributed
+from training.components import build_model, build_optimizers
+from training.distributed import init_distributed
 from training.run_log import RunLog, git_commit
 from training.sampler import StepBatchSampler
 from training.schedule import lr_factor
+from training.step import TrainStep
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-def build_optimizer(module: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """SGD or AdamW over `module`; with decay_bn_and_bias=False, 1-d parameters (BN, PReLU, biases)
-    are not decayed."""
-    decay = [p for p in module.parameters() if p.requires_grad and (cfg.decay_bn_and_bias or p.dim() > 1)]
-    no_decay = [p for p in module.parameters() if p.requires_grad and not cfg.decay_bn_and_bias and p.dim() <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    raise ValueError(f"optimizer={cfg.optimizer!r}; valid: sgd, adamw")
-
-
-def head_hyperparameters(cfg: Config) -> dict:
-    """s and m for the heads that take them (softmax takes neither), plus head_options."""
-    accepted = inspect.signature(MARGINS[cfg.head]).parameters if cfg.head in MARGINS else {}
-    hyper = {key: getattr(cfg, key) for key in ("s", "m") if key in accepted}
-    if "m" in hyper and accepted["m"].annotation in (int, "int"):
-        hyper["m"] = int(hyper["m"]) if float(hyper["m"]).is_integer() else hyper["m"]  # SphereFace's integer m
-    return {**hyper, **cfg.head_options}
 
 
 def resolve_val_sets(cfg: Config) -> dict[str, str]:
@@ -90,40 +62,11 @@ def evaluate(backbone, val_sets, cfg: Config, device, step: int, log: RunLog, tr
     return results
 
 
-def save_checkpoint(run_dir, cfg, context, backbone, classifier, aux_loss, optimizers, scaler, position, tracker):
-    """Every rank takes part (the head's shards are gathered); rank 0 writes."""
-    head_state = classifier.full_state()
-    optimizer_states = {}
-    for name, optimizer in optimizers.items():
-        state = optimizer.state_dict()
-        if name == "head":
-            state["state"] = {k: {n: classifier.gather_rows(v) if torch.is_tensor(v) else v for n, v in s.items()}
-                              for k, s in state["state"].items()}
-        optimizer_states[name] = state
-    rng = [None] * context.world
-    if context.enabled:
-        torch.distributed.all_gather_object(rng, checkpoint.rng_state())
-    else:
-        rng = [checkpoint.rng_state()]
-    if not context.is_main:
-        return
-    checkpoint.atomic_save({
-        "backbone": backbone.state_dict(), "head": head_state,
-        "aux_loss": aux_loss.state_dict() if aux_loss is not None else None,
-        "optimizers": optimizer_states, "scaler": scaler.state_dict(), "rng": rng,
-        "position": position, "best_accuracy": tracker, "config": config_to_dict(cfg),
-    }, os.path.join(run_dir, "checkpoint.pt"))
-    checkpoint.atomic_save(checkpoint.backbone_file(cfg.backbone, cfg.embedding_size, backbone.state_dict(),
-                                                    config_to_dict(cfg)), os.path.join(run_dir, "backbone.pt"))
-
-
 def main(argv=None) -> dict:
     cfg = load_config(argv)
     context = init_distributed(cfg.device)
     device = context.device
     torch.manual_seed(cfg.seed * 1000 + context.rank)
-    if cfg.precision not in PRECISIONS:
-        raise ValueError(f"precision={cfg.precision!r}; valid: {', '.join(PRECISIONS)}")
     run_dir = os.path.join(cfg.output_dir, cfg.name)
     log = RunLog(run_dir, context.is_main, cfg.name, cfg.visdom, cfg.visdom_server, cfg.visdom_port)
     log.info(f"git {git_commit(REPO_DIR)} | {context.world} process(es) on {device} | run folder {run_dir}")
@@ -146,56 +89,24 @@ def main(argv=None) -> dict:
              f"{steps_per_epoch} steps per epoch, {total_steps} steps in all")
 
     # ============ model ============
-    backbone = build_backbone(cfg.backbone, cfg.embedding_size, **({"dropout": cfg.dropout} if cfg.dropout else {}))
-    if cfg.sync_bn and context.enabled:
-        backbone = torch.nn.SyncBatchNorm.convert_sync_batchnorm(backbone)
-    backbone = backbone.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
-    head_context = context if cfg.sharded_head else DistributedContext(device=device)
-    classifier = ShardedClassifier(lambda classes: build_margin(cfg.head, cfg.embedding_size, classes,
-                                                                **head_hyperparameters(cfg)),
-                                   num_classes, head_context, cfg.sample_rate, cfg.seed).to(device)
-    aux_loss = build_aux_loss(cfg.aux_loss, num_classes, cfg.embedding_size).to(device) if cfg.aux_loss else None
-    optimizers = {"backbone": build_optimizer(backbone, cfg), "head": build_optimizer(classifier, cfg)}
-    if aux_loss is not None:
-        optimizers["aux"] = torch.optim.SGD(aux_loss.parameters(), lr=cfg.aux_lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    backbone, classifier, aux_loss = build_model(cfg, context, num_classes)
+    optimizers, scaler = build_optimizers(cfg, backbone, classifier, aux_loss)
 
     # ============ resume ============
     position = {"step": 0, "epoch": 0, "step_in_epoch": 0}
     tracker: dict[str, float] = {}
     checkpoint_path = cfg.resume or os.path.join(run_dir, "checkpoint.pt")
     if os.path.exists(checkpoint_path):
-        state = checkpoint.load(checkpoint_path)
-        backbone.load_state_dict(state["backbone"])
-        classifier.load_full_state(state["head"])
-        if aux_loss is not None:
-            aux_loss.load_state_dict(state["aux_loss"])
-        for name, optimizer in optimizers.items():
-            saved = state["optimizers"][name]
-            if name == "head":
-                saved["state"] = {k: {n: classifier.local_rows(v) if torch.is_tensor(v) else v for n, v in s.items()}
-                                  for k, s in saved["state"].items()}
-            optimizer.load_state_dict(saved)
-        scaler.load_state_dict(state["scaler"])
-        position, tracker = state["position"], state["best_accuracy"]
-        if len(state["rng"]) == context.world:
-            checkpoint.set_rng_state(state["rng"][context.rank])
+        position, tracker = checkpoint.restore_run(checkpoint.load(checkpoint_path), context, backbone,
+                                                   classifier, aux_loss, optimizers, scaler)
         log.info(f"resumed from {checkpoint_path} at step {position['step']} (epoch {position['epoch']})")
     elif cfg.resume:
         raise FileNotFoundError(f"--resume={cfg.resume}: no such checkpoint")
 
-    raw_backbone = backbone
-    train_backbone = torch.compile(backbone) if cfg.compile else backbone
-    wrap = (lambda m: DistributedDataParallel(m, device_ids=[device.index] if device.type == "cuda" else None)) \
-        if context.enabled else (lambda m: m)
-    train_backbone = wrap(train_backbone)
-    train_classifier = classifier if cfg.sharded_head else wrap(classifier)
-    train_aux = wrap(aux_loss) if aux_loss is not None else None
-    ddp_modules = [m for m in (train_backbone, train_classifier, train_aux) if isinstance(m, DistributedDataParallel)]
-    trainable = [p for m in (backbone, classifier) for p in m.parameters()]
+    train_step = TrainStep(cfg, context, backbone, classifier, aux_loss, optimizers, scaler)
 
     # ============ train ============
-    accuracy_at_start = evaluate(raw_backbone, val_sets, cfg, device, 0, log, {}) \
+    accuracy_at_start = evaluate(backbone, val_sets, cfg, device, 0, log, {}) \
         if cfg.eval_at_start and position["step"] == 0 and context.is_main and val_sets else {}
     step, consecutive_bad = position["step"], 0
     window = {"loss": 0.0, "accuracy": 0.0, "grad_norm": 0.0, "steps": 0, "images": 0, "start": time.time()}
@@ -212,57 +123,14 @@ def main(argv=None) -> dict:
             step_start = time.time()
             factor = lr_factor(step, cfg.schedule, total_steps, steps_per_epoch,
                                round(cfg.warmup_epochs * steps_per_epoch), cfg.milestones, cfg.lr_gamma, cfg.poly_power)
-            for name in ("backbone", "head"):
-                for group in optimizers[name].param_groups:
-                    group["lr"] = cfg.lr * factor
+            train_step.set_lr(cfg.lr * factor)
             classifier.set_step(step)
-
-            # ---- one optimizer step over grad_accum micro-batches
-            step_loss = torch.zeros((), device=device)
-            step_accuracy = torch.zeros((), device=device)
-            for micro in range(cfg.grad_accum):
-                images, labels = next(micro_batches)
-                images = normalize_images(images.to(device, non_blocking=True))
-                if cfg.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                labels = labels.to(device, non_blocking=True)
-                last = micro == cfg.grad_accum - 1
-                with contextlib.ExitStack() as stack:
-                    if not last:
-                        for module in ddp_modules:
-                            stack.enter_context(module.no_sync())
-                    with autocast_context(device, cfg.precision):
-                        embeddings = train_backbone(images)
-                        loss, accuracy = train_classifier(embeddings.float(), labels)
-                        total = loss + classifier.head.regularizer(embeddings.float())
-                        if train_aux is not None:
-                            total = total + cfg.aux_weight * train_aux(embeddings.float(), labels)
-                    scaler.scale(total / cfg.grad_accum).backward()
-                step_loss += loss.detach() / cfg.grad_accum
-                step_accuracy += accuracy.detach() / cfg.grad_accum
-            step_loss = all_reduce_mean(step_loss, context)
-            step_accuracy = all_reduce_mean(step_accuracy, context)
-
-            for optimizer in optimizers.values():
-                scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in trainable if p.grad is not None])
-            if cfg.sharded_head and context.enabled:
-                head_square = torch.nn.utils.get_total_norm([p.grad for p in classifier.parameters()
-                                                             if p.grad is not None]) ** 2
-                torch.distributed.all_reduce(head_square)
-                backbone_square = torch.nn.utils.get_total_norm([p.grad for p in backbone.parameters()
-                                                                 if p.grad is not None]) ** 2
-                grad_norm = (backbone_square + head_square).sqrt()
-            loss_value = step_loss.item()
-            finite = math.isfinite(loss_value) and (cfg.precision == "fp16" or bool(torch.isfinite(grad_norm)))
-            if not finite:
+            result = train_step(micro_batches)
+            if not result.finite:
                 consecutive_bad += 1
-                log.info(f"step {step}: non-finite loss {loss_value} / gradient norm {float(grad_norm)}: step skipped "
-                         f"({consecutive_bad} in a row)")
-                log.event("nonfinite", step=step, loss=str(loss_value), grad_norm=str(float(grad_norm)))
-                for optimizer in optimizers.values():
-                    optimizer.zero_grad(set_to_none=True)
-                scaler.update()
+                log.info(f"step {step}: non-finite loss {result.loss} / gradient norm {result.grad_norm}: "
+                         f"step skipped ({consecutive_bad} in a row)")
+                log.event("nonfinite", step=step, loss=str(result.loss), grad_norm=str(result.grad_norm))
                 if consecutive_bad >= cfg.max_nonfinite_steps:
                     log.info(f"stopping: {consecutive_bad} consecutive non-finite steps. Try a lower lr "
                              "(--lr), warm-up (--warmup_epochs=1), gradient clipping (--clip_grad_norm=5), "
@@ -271,23 +139,17 @@ def main(argv=None) -> dict:
                     raise SystemExit(3)
                 continue
             consecutive_bad = 0
-            if cfg.clip_grad_norm > 0:
-                torch.nn.utils.clip_grads_with_norm_(trainable, cfg.clip_grad_norm, grad_norm)
-            for optimizer in optimizers.values():
-                scaler.step(optimizer)
-                optimizer.zero_grad(set_to_none=True)
-            scaler.update()
             step += 1
             train_seconds += time.time() - step_start
 
             # ---- log
-            window["loss"] += loss_value
-            window["accuracy"] += step_accuracy.item()
-            window["grad_norm"] += float(grad_norm)
+            window["loss"] += result.loss
+            window["accuracy"] += result.accuracy
+            window["grad_norm"] += result.grad_norm
             window["steps"] += 1
             window["images"] += cfg.batch_size
             bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{loss_value:.3f}", acc=f"{step_accuracy.item():.3f}",
+            bar.set_postfix(epoch=epoch, loss=f"{result.loss:.3f}", acc=f"{result.accuracy:.3f}",
                             lr=f"{cfg.lr * factor:.2e}")
             if step % cfg.log_freq == 0 or step == total_steps:
                 seconds = time.time() - window["start"]
@@ -303,12 +165,12 @@ def main(argv=None) -> dict:
             # ---- evaluate and checkpoint
             if (cfg.test_freq and step % cfg.test_freq == 0) or end_of_run:
                 if context.is_main and val_sets:
-                    latest = evaluate(raw_backbone, val_sets, cfg, device, step, log, tracker)
+                    latest = evaluate(backbone, val_sets, cfg, device, step, log, tracker)
                 if context.enabled:
                     torch.distributed.barrier()
             if (cfg.save_freq and step % cfg.save_freq == 0) or end_of_run:
-                save_checkpoint(run_dir, cfg, context, raw_backbone, classifier, aux_loss, optimizers, scaler,
-                                position, tracker)
+                checkpoint.save_run(run_dir, config_to_dict(cfg), context, backbone, classifier, aux_loss,
+                                    optimizers, scaler, position, tracker)
                 log.event("checkpoint", step=step)
         if step >= total_steps:
             break

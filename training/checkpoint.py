@@ -44,3 +44,52 @@ def backbone_file(name: str, embedding_size: int, state_dict: dict, config: dict
     """The backbone-only checkpoint format every eval script reads."""
     return {"backbone": name, "embedding_size": embedding_size,
             "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, "config": config or {}}
+
+
+def save_run(run_dir, config: dict, context, backbone, classifier, aux_loss, optimizers: dict, scaler,
+             position: dict, best_accuracy: dict) -> None:
+    """checkpoint.pt and backbone.pt of a run. Every rank takes part (the head's shards and their
+    optimizer state are gathered into class order); rank 0 writes."""
+    optimizer_states = {}
+    for name, optimizer in optimizers.items():
+        state = optimizer.state_dict()
+        if name == "head":
+            state["state"] = {index: {key: classifier.gather_rows(value) if torch.is_tensor(value) else value
+                                      for key, value in entry.items()}
+                              for index, entry in state["state"].items()}
+        optimizer_states[name] = state
+    head_state = classifier.full_state()
+    rng = [rng_state()]
+    if context.enabled:
+        rng = [None] * context.world
+        torch.distributed.all_gather_object(rng, rng_state())
+    if not context.is_main:
+        return
+    atomic_save({"backbone": backbone.state_dict(), "head": head_state,
+                 "aux_loss": aux_loss.state_dict() if aux_loss is not None else None,
+                 "optimizers": optimizer_states, "scaler": scaler.state_dict(), "rng": rng,
+                 "position": position, "best_accuracy": best_accuracy, "config": config},
+                os.path.join(run_dir, "checkpoint.pt"))
+    atomic_save(backbone_file(config["backbone"], config["embedding_size"], backbone.state_dict(), config),
+                os.path.join(run_dir, "backbone.pt"))
+
+
+def restore_run(state: dict, context, backbone, classifier, aux_loss, optimizers: dict, scaler) -> tuple[dict, dict]:
+    """Load a checkpoint.pt into freshly built modules (any number of processes); returns
+    (position, best accuracy per verification set). RNG states come back when the world size is
+    unchanged; otherwise each rank keeps its seed (only dropout and class sampling draw from them)."""
+    backbone.load_state_dict(state["backbone"])
+    classifier.load_full_state(state["head"])
+    if aux_loss is not None:
+        aux_loss.load_state_dict(state["aux_loss"])
+    for name, optimizer in optimizers.items():
+        saved = state["optimizers"][name]
+        if name == "head":
+            saved["state"] = {index: {key: classifier.local_rows(value) if torch.is_tensor(value) else value
+                                      for key, value in entry.items()}
+                              for index, entry in saved["state"].items()}
+        optimizer.load_state_dict(saved)
+    scaler.load_state_dict(state["scaler"])
+    if len(state["rng"]) == context.world:
+        set_rng_state(state["rng"][context.rank])
+    return state["position"], state["best_accuracy"]

@@ -1,0 +1,85 @@
+"""Curves of a training run (loss, train accuracy, learning rate, verification accuracy) as a PNG,
+read from the run's metrics.jsonl; optionally the run's result as one JSON line.
+
+    python tools/plot_run.py runs/demo --out result/demo_curves.png --json
+
+The JSON object holds `accuracy_before` and `accuracy_after` (the first verification set's
+accuracy before and after training, fractions), `train_seconds` (the training steps alone), and the
+latest and best accuracy of every set.
+"""
+
+import argparse
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_events(run_dir):
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        raise SystemExit(f"error: {path} not found: is {run_dir} a run folder written by train.py?")
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def plot(events, out_path, title):
+    train = [e for e in events if e["event"] == "train"]
+    val = [e for e in events if e["event"] == "val"]
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    steps = [e["step"] for e in train]
+    axes[0].plot(steps, [e["loss"] for e in train], label="loss")
+    axes[0].set(title="training loss", xlabel="step")
+    axes[1].plot(steps, [e["train_accuracy"] for e in train], label="train accuracy")
+    axes[1].set(title="accuracy", xlabel="step", ylim=(0, 1.02))
+    for name in dict.fromkeys(e["set"] for e in val):
+        points = [(e["step"], e["accuracy_mean"]) for e in val if e["set"] == name]
+        axes[1].plot(*zip(*points), marker="o", label=f"{name} verification")
+    axes[1].legend(loc="lower right")
+    axes[2].plot(steps, [e["lr"] for e in train])
+    axes[2].set(title="learning rate", xlabel="step")
+    for axis in axes:
+        axis.grid(alpha=0.3)
+    figure.suptitle(title)
+    figure.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    figure.savefig(out_path, dpi=100)
+    plt.close(figure)
+
+
+def summarise(events) -> dict:
+    summary = next((e for e in reversed(events) if e["event"] == "summary"), None)
+    if summary is None:
+        raise SystemExit("error: the run has no summary yet (still training, or stopped early)")
+    first_set = next((e["set"] for e in events if e["event"] == "val"), None)
+    return {
+        "accuracy_before": summary["accuracy_at_start"].get(first_set),
+        "accuracy_after": summary["accuracy"].get(first_set),
+        "train_seconds": summary["train_seconds"],
+        "steps": summary["steps"],
+        "set": first_set,
+        "accuracy": summary["accuracy"],
+        "best_accuracy": summary["best_accuracy"],
+        "accuracy_at_start": summary["accuracy_at_start"],
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir")
+    parser.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
+    parser.add_argument("--json", action="store_true", help="print the run's result as one JSON line")
+    args = parser.parse_args(argv)
+    events = read_events(args.run_dir)
+    out = args.out or os.path.join(args.run_dir, "curves.png")
+    plot(events, out, os.path.basename(os.path.normpath(args.run_dir)))
+    print(f"curves -> {out}")
+    if args.json:
+        print(json.dumps(summarise(events)))
+
+
+if __name__ == "__main__":
+    main()
