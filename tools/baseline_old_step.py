@@ -1,0 +1,124 @@
+"""The old repository's training step, re-stated from its formulas, timed side by side with ours.
+
+    python tools/baseline_old_step.py                  # MobileFaceNet b64 and IR-50 b16, 10,575 classes
+    python tools/baseline_old_step.py --json
+
+The old step (the repository this one succeeds): fp32, NCHW tensors, the backbone, then its
+ArcMarginProduct: cos = normalize(x) . normalize(W)^T, sin = sqrt(1 - cos^2),
+phi = cos cos(m) - sin sin(m), phi = where(cos > cos(pi - m), phi, cos - sin(pi - m) m), a dense
+[B, C] one-hot, logits = s (one_hot phi + (1 - one_hot) cos); cross-entropy; SGD (momentum 0.9,
+weight decay 5e-4) on the backbone and the head. Ours: train.py's step (training/step.py) with the
+default settings (bf16 autocast, channels_last, the gather/scatter margin head), and in fp32 for a
+like-for-like row. The same network definitions are used for both, so the ratio measures the step,
+not a different architecture.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from backbone import build_backbone  # noqa: E402
+from config import Config  # noqa: E402
+from training.components import build_model, build_optimizers  # noqa: E402
+from training.distributed import DistributedContext  # noqa: E402
+from training.step import TrainStep  # noqa: E402
+
+
+class OldArcMarginProduct(torch.nn.Module):
+    def __init__(self, embedding_size, num_classes, s=32.0, m=0.5):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.empty(num_classes, embedding_size))
+        torch.nn.init.xavier_uniform_(self.weight)
+        self.s, self.m = s, m
+
+    def forward(self, x, label):
+        cos = F.linear(F.normalize(x), F.normalize(self.weight))
+        sin = torch.sqrt((1.0 - cos * cos).clamp(0, 1))
+        phi = cos * math.cos(self.m) - sin * math.sin(self.m)
+        phi = torch.where(cos - math.cos(math.pi - self.m) > 0, phi, cos - math.sin(math.pi - self.m) * self.m)
+        one_hot = torch.zeros_like(cos).scatter_(1, label.view(-1, 1), 1.0)
+        return self.s * (one_hot * phi + (1.0 - one_hot) * cos)
+
+
+def old_step_rate(backbone_name, embedding_size, batch_size, num_classes, steps, warmup) -> float:
+    backbone = build_backbone(backbone_name, embedding_size)
+    head = OldArcMarginProduct(embedding_size, num_classes)
+    optimizer = torch.optim.SGD([{"params": backbone.parameters()}, {"params": head.parameters()}],
+                                lr=0.1, momentum=0.9, weight_decay=5e-4)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch_size, 3, 112, 112), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, num_classes, (batch_size,), generator=generator)
+
+    def step():
+        inputs = (images.float() - 127.5) / 127.5
+        loss = F.cross_entropy(head(backbone(inputs), labels), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return timed(step, steps, warmup) * batch_size
+
+
+def our_step_rate(backbone_name, embedding_size, batch_size, num_classes, steps, warmup, precision, compile) -> float:
+    cfg = Config(backbone=backbone_name, embedding_size=embedding_size, batch_size=batch_size, precision=precision,
+                 compile=compile, s=32.0, m=0.5)
+    context = DistributedContext()
+    backbone, classifier, aux = build_model(cfg, context, num_classes)
+    optimizers, scaler = build_optimizers(cfg, backbone, classifier, aux)
+    train_step = TrainStep(cfg, context, backbone, classifier, aux, optimizers, scaler)
+    generator = torch.Generator().manual_seed(0)
+    batch = (torch.randint(0, 256, (batch_size, 3, 112, 112), dtype=torch.uint8, generator=generator),
+             torch.randint(0, num_classes, (batch_size,), generator=generator))
+
+    def forever():
+        while True:
+            yield batch
+
+    batches = forever()
+    return timed(lambda: train_step(batches), steps, warmup) * batch_size
+
+
+def timed(step, steps, warmup) -> float:
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps / (time.perf_counter() - start)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-classes", type=int, default=10575)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="also time ours with torch.compile")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    rows = []
+    for name, embedding, batch in (("mobilefacenet", 128, 64), ("ir50", 512, 16)):
+        old = old_step_rate(name, embedding, batch, args.num_classes, args.steps, args.warmup)
+        row = {"backbone": name, "batch_size": batch, "old_fp32": round(old, 2)}
+        variants = [("ours_fp32", "fp32", False), ("ours_bf16", "bf16", False)]
+        if args.compile:
+            variants.append(("ours_bf16_compile", "bf16", True))
+        for key, precision, compile in variants:
+            rate = our_step_rate(name, embedding, batch, args.num_classes, args.steps, args.warmup, precision, compile)
+            row[key] = round(rate, 2)
+            row[f"{key}_speedup"] = round(rate / old, 2)
+        rows.append(row)
+        if not args.json:
+            print("  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    if args.json:
+        print(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()

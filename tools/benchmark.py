@@ -1,0 +1,188 @@
+"""Training-step and evaluation throughput, measured with train.py's own step (training/step.py).
+
+    python tools/benchmark.py --backbone ir50 --head arcface --batch-size 512 --num-classes 10575 \\
+        --device cuda --dtype bf16 --json
+    python tools/benchmark.py --backbone mobilefacenet --batch-size 64 --device cpu --dtype bf16
+    python tools/benchmark.py --backbone ir50 --device cuda --loader rec:data/faces_webface_112x112
+    python tools/benchmark.py --backbone ir100 --num-classes 1000000 --sharded-head --sample-rate 0.3
+
+Training: images/s of full optimizer steps (forward, margin head, cross-entropy, backward, SGD) with a
+batch already on the device, or, with --loader rec:PATH, fed by the real DataLoader from a .rec pack.
+FLOP/s count 3 x 2 x MACs per image (forward, and a backward of twice the forward), MACs counted by
+walking the backbone, plus the head's 3 x 2 x B x C x D. --eval also times feature extraction, the
+verification protocols (6,000 pairs) and a MegaFace search with random features.
+--csv FILE appends the result as a row; --json prints one JSON object.
+"""
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from backbone.complexity import count_macs  # noqa: E402
+from config import Config  # noqa: E402
+from training.components import build_model, build_optimizers  # noqa: E402
+from training.distributed import DistributedContext  # noqa: E402
+from training.step import TrainStep  # noqa: E402
+
+# Dense bf16/fp16 tensor-core peaks (TFLOP/s) of the devices we quote fractions for.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "V100": 125.0}
+
+
+def device_peak(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def resident_batches(batch_size: int, num_classes: int, device):
+    """The same random uint8 batch forever, already on the device (the input path is not timed)."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch_size, 3, 112, 112), dtype=torch.uint8, generator=generator).to(device)
+    labels = torch.randint(0, num_classes, (batch_size,), generator=generator).to(device)
+    while True:
+        yield images, labels
+
+
+def loader_batches(pack: str, cfg: Config, device):
+    from dataset import RecordDataset, TrainingView
+    from training.sampler import StepBatchSampler
+    dataset = RecordDataset(pack)
+    sampler = StepBatchSampler(len(dataset), cfg.batch_size, seed=0)
+    loader = torch.utils.data.DataLoader(TrainingView(dataset, flip=True), batch_sampler=sampler,
+                                         num_workers=cfg.workers, pin_memory=device.type == "cuda",
+                                         persistent_workers=cfg.workers > 0, prefetch_factor=4 if cfg.workers else None)
+    while True:
+        for epoch in range(1 << 30):
+            sampler.set_position(epoch)
+            yield from loader
+
+
+def time_training(cfg: Config, device, num_classes: int, steps: int, warmup: int, pack: str | None) -> dict:
+    context = DistributedContext(device=device)
+    backbone, classifier, aux_loss = build_model(cfg, context, num_classes)
+    optimizers, scaler = build_optimizers(cfg, backbone, classifier, aux_loss)
+    step = TrainStep(cfg, context, backbone, classifier, aux_loss, optimizers, scaler)
+    batches = loader_batches(pack, cfg, device) if pack else resident_batches(cfg.batch_size, num_classes, device)
+    for _ in range(warmup):
+        step(batches)
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(batches)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    images_per_second = steps * cfg.batch_size / seconds
+    macs = count_macs(backbone)
+    flops_per_image = 6 * macs + 6 * num_classes * cfg.embedding_size
+    result = {"images_per_second": round(images_per_second, 1), "step_ms": round(1000 * seconds / steps, 2),
+              "gmacs_per_image": round(macs / 1e9, 3),
+              "tflops": round(images_per_second * flops_per_image / 1e12, 3)}
+    peak = device_peak(device)
+    if peak:
+        result["peak_fraction"] = round(result["tflops"] / peak, 3)
+    if device.type == "cuda":
+        result["max_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    return result
+
+
+def time_evaluation(cfg: Config, device, megaface_distractors: int) -> dict:
+    from evaluation.features import extract_embeddings
+    from evaluation.megaface import evaluate_megaface
+    from evaluation.verification import evaluate_verification
+    context = DistributedContext(device=device)
+    backbone, _, _ = build_model(cfg, context, num_classes=2)
+    images = np.random.default_rng(0).integers(0, 256, (2048, 112, 112, 3), dtype=np.uint8)
+    start = time.perf_counter()
+    extract_embeddings(backbone, images, batch_size=256, device=device, precision=cfg.precision,
+                       channels_last=cfg.channels_last, progress=False)
+    synchronize(device)
+    extraction = len(images) * 2 / (time.perf_counter() - start)  # each image and its mirror
+    rng = np.random.default_rng(1)
+    embeddings = rng.standard_normal((12000, 512)).astype(np.float32)
+    issame = np.tile(np.repeat([True, False], 300), 10)
+    timings = {"extraction_images_per_second": round(extraction, 1)}
+    for protocol in ("insightface", "seed"):
+        start = time.perf_counter()
+        evaluate_verification(embeddings, issame, embeddings, protocol=protocol)
+        timings[f"verification_{protocol}_ms"] = round(1000 * (time.perf_counter() - start), 1)
+    probes = rng.standard_normal((3530, 512)).astype(np.float32)
+    labels = np.repeat(np.arange(80), 45)[:3530]
+    distractors = rng.standard_normal((megaface_distractors, 512)).astype(np.float32)
+    start = time.perf_counter()
+    evaluate_megaface(probes, labels, distractors, device=str(device))
+    timings[f"megaface_{megaface_distractors}_seconds"] = round(time.perf_counter() - start, 2)
+    return timings
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="mobilefacenet")
+    parser.add_argument("--embedding-size", type=int, default=None, help="default: 128 for mobilefacenet, else 512")
+    parser.add_argument("--head", default="arcface")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-classes", type=int, default=10575)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cuda", "cpu"))
+    parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--no-channels-last", action="store_true")
+    parser.add_argument("--sharded-head", action="store_true", help="the Partial FC classifier (one process here)")
+    parser.add_argument("--sample-rate", type=float, default=1.0)
+    parser.add_argument("--loader", help="rec:PATH to feed steps from a .rec pack through the real DataLoader")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--eval", action="store_true", help="also time extraction, verification, MegaFace")
+    parser.add_argument("--megaface-distractors", type=int, default=100_000)
+    parser.add_argument("--csv", help="append the result to this CSV file (e.g. result/benchmark.csv)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if args.loader and not args.loader.startswith("rec:"):
+        parser.error(f"--loader {args.loader!r}: expected rec:PATH")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    embedding_size = args.embedding_size or (128 if args.backbone == "mobilefacenet" else 512)
+    cfg = Config(backbone=args.backbone, embedding_size=embedding_size, head=args.head, s=64.0, m=0.5,
+                 batch_size=args.batch_size, precision=args.dtype, compile=args.compile,
+                 channels_last=not args.no_channels_last, sharded_head=args.sharded_head,
+                 sample_rate=args.sample_rate, workers=args.workers)
+    result = {"backbone": args.backbone, "head": args.head, "batch_size": args.batch_size,
+              "num_classes": args.num_classes, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+              else f"cpu x{torch.get_num_threads()}", "dtype": args.dtype, "compile": args.compile,
+              "channels_last": cfg.channels_last, "sharded_head": args.sharded_head, "sample_rate": args.sample_rate,
+              "loader": args.loader or "device-resident", "torch": torch.__version__}
+    result.update(time_training(cfg, device, args.num_classes, args.steps, args.warmup,
+                                args.loader[4:] if args.loader else None))
+    if args.eval:
+        result.update(time_evaluation(cfg, device, args.megaface_distractors))
+    if args.csv:
+        os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
+        new = not os.path.exists(args.csv)
+        with open(args.csv, "a", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(result))
+            if new:
+                writer.writeheader()
+            writer.writerow(result)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:32s} {value}")
+
+
+if __name__ == "__main__":
+    main()
