@@ -1,7 +1,7 @@
 """The old repository's training step, re-stated from its formulas, timed side by side with ours.
 
     python tools/baseline_old_step.py                  # MobileFaceNet b64 and IR-50 b16, 10,575 classes
-    python tools/baseline_old_step.py --json
+    python tools/baseline_old_step.py --json --compile
 
 The old step (the repository this one succeeds): fp32, NCHW tensors, the backbone, then its
 ArcMarginProduct: cos = normalize(x) . normalize(W)^T, sin = sqrt(1 - cos^2),
@@ -96,6 +96,8 @@ def timed(step, steps, warmup) -> float:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default="mobilefacenet:64,ir50:16",
+                        help="backbone:batch pairs to compare (embedding 128 for mobilefacenet, else 512)")
     parser.add_argument("--num-classes", type=int, default=10575)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
@@ -103,7 +105,9 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     rows = []
-    for name, embedding, batch in (("mobilefacenet", 128, 64), ("ir50", 512, 16)):
+    for item in args.rows.split(","):
+        name, batch = item.split(":")
+        batch, embedding = int(batch), 128 if name == "mobilefacenet" else 512
         old = old_step_rate(name, embedding, batch, args.num_classes, args.steps, args.warmup)
         row = {"backbone": name, "batch_size": batch, "old_fp32": round(old, 2)}
         variants = [("ours_fp32", "fp32", False), ("ours_bf16", "bf16", False)]
