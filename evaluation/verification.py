@@ -182,15 +182,21 @@ def _insightface(embeddings, embeddings_flip, issame, folds) -> VerificationResu
         fprs.append(fp / fold.test_neg.size if fold.test_neg.size else np.zeros(grid.size))
     roc = RocCurve(np.mean(np.array(fprs), 0), np.mean(np.array(tprs), 0), grid.copy())
 
+    return _result("insightface", accuracies, thresholds, xnorm, per_fold, _INSIGHTFACE_VAL_GRID, roc,
+                   "squared_l2_distance")
+
+
+def _result(protocol, accuracies, thresholds, xnorm, per_fold, val_grid, roc, threshold_kind) -> VerificationResult:
+    """Fold results plus TAR at each FAR target (mean and std over folds), as one VerificationResult."""
     tar, tar_std, far_reached = {}, {}, {}
     for far_target in FAR_TARGETS:
-        vals, fars = _val_far_per_fold(per_fold, _INSIGHTFACE_VAL_GRID, far_target)
+        vals, fars = _val_far_per_fold(per_fold, val_grid, far_target)
         tar[far_target], tar_std[far_target], far_reached[far_target] = (
             float(np.mean(vals)), float(np.std(vals)), float(np.mean(fars)))
     accuracies = np.array(accuracies)
-    return VerificationResult("insightface", accuracies, np.array(thresholds), float(np.mean(accuracies)),
+    return VerificationResult(protocol, accuracies, np.array(thresholds), float(np.mean(accuracies)),
                               float(np.std(accuracies)), xnorm, tar, tar_std, far_reached, roc,
-                              threshold_kind="squared_l2_distance")
+                              threshold_kind=threshold_kind)
 
 
 def _val_far_per_fold(per_fold, grid, far_target):
@@ -311,12 +317,4 @@ def _seed(embeddings, embeddings_flip, issame, folds) -> VerificationResult:
             np.sort(distances[train & issame]), np.sort(distances[train & ~issame])))
     roc = RocCurve(np.mean(np.array(fprs), 0), np.mean(np.array(tprs), 0), grid.copy())
 
-    tar, tar_std, far_reached = {}, {}, {}
-    for far_target in FAR_TARGETS:
-        vals, fars = _val_far_per_fold(per_fold_distances, grid, far_target)
-        tar[far_target], tar_std[far_target], far_reached[far_target] = (
-            float(np.mean(vals)), float(np.std(vals)), float(np.mean(fars)))
-    accuracies = np.array(accuracies)
-    return VerificationResult("seed", accuracies, np.array(thresholds), float(np.mean(accuracies)),
-                              float(np.std(accuracies)), xnorm, tar, tar_std, far_reached, roc,
-                              threshold_kind="cosine")
+    return _result("seed", accuracies, thresholds, xnorm, per_fold_distances, grid, roc, "cosine")
