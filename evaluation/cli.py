@@ -1,0 +1,386 @@
+"""Command-line glue of the eval scripts: the model arguments they share, device choice, feature
+files, the resumable feature store of eval_megaface.py, and the one implementation behind
+eval_lfw.py, eval_agedb30.py and eval_cfp.py.
+
+A verification run reads pairs from one source -- an insightface .bin (decoded a slice at a time),
+an image folder with a pair list (LFW ``pairs.txt`` or ``left right flag`` lines), or a features
+.npz -- extracts embeddings of every image and of its mirror image (evaluation.features), scores them
+with evaluation.verification under the insightface or the seed protocol, writes the ROC as a PNG and
+prints a table, or one JSON object with --json.
+
+The features .npz holds ``embeddings`` float [2N, D] (pair i is rows 2i and 2i+1), optionally
+``embeddings_flip`` float [2N, D] (the mirrored images) and ``issame`` bool [N]; --save-features
+writes it and --features reads it back, so a model's features can be scored again without it.
+
+The feature store (for sets too large to extract in one go, such as MegaFace's million distractors)
+keeps, per image set KIND in its folder: KIND.npy, a float32 [N, D] array written through a memory
+map, one chunk of images at a time; KIND_paths.txt, the image paths; and KIND_progress.json, what the
+features depend on (checkpoint file, network, flip, precision, chunk size, image list) and which
+chunks are finished. A chunk's rows are flushed to the file before the record names it, so an
+interrupted run loses at most the chunk it was computing, and a rerun computes only what is missing.
+A store made under other settings is refused rather than mixed in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+from backbone import BACKBONES
+from dataset import DataFormatError, open_bin, read_image_file, read_pairs, run_cli
+from dataset.image_codec import check_size
+
+from .features import PRECISIONS, extract_embeddings
+from .model_loading import load_backbone
+from .verification import PROTOCOLS, evaluate_verification
+
+DEVICES = ("auto", "cpu", "cuda")
+N_FOLDS = 10
+
+
+# ---------------------------------------------------------------- pieces shared with eval_megaface.py
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model (not used with --features)")
+    group.add_argument("--checkpoint", help="checkpoint.pt or backbone.pt of a train.py run, or a plain state_dict")
+    group.add_argument("--backbone", choices=sorted(BACKBONES), metavar="NAME",
+                       help="network to build, overriding the checkpoint's (needed for a plain state_dict); "
+                            f"one of {', '.join(sorted(BACKBONES))}")
+    group.add_argument("--embedding-size", type=positive_int, metavar="D",
+                       help="embedding width, overriding the checkpoint's (needed for a plain state_dict)")
+    group.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda when present (default)")
+    group.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+                       help="autocast precision of the forward passes (default fp32)")
+    group.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default 256)")
+    group.add_argument("--no-flip", action="store_true",
+                       help="skip the mirrored images (by default every image is embedded mirrored too)")
+
+
+def check_model_arguments(parser, args, features_given: bool) -> None:
+    """--features replaces the model; a model argument beside it is a mistake, not something to ignore."""
+    if features_given:
+        given = [flag for flag, value in (("--checkpoint", args.checkpoint), ("--backbone", args.backbone),
+                                          ("--embedding-size", args.embedding_size)) if value is not None]
+        if given:
+            parser.error(f"--features replaces the model: drop {', '.join(given)}")
+    elif args.checkpoint is None:
+        parser.error("--checkpoint is required (or give --features)")
+
+
+def resolve_device(parser, name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def load_model(args, device):
+    """(model, name, embedding size) from --checkpoint/--backbone/--embedding-size."""
+    return load_backbone(args.checkpoint, args.backbone, args.embedding_size, device)
+
+
+def save_npz(path, **arrays) -> None:
+    """Write an .npz under exactly `path` (np.savez would append .npz to other names), through a
+    temporary file so that an interrupted write leaves no half file behind."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    temporary = f"{path}.partial"
+    with open(temporary, "wb") as handle:
+        np.savez(handle, **arrays)
+    os.replace(temporary, path)
+
+
+def open_npz(path, required: tuple, optional: tuple = ()) -> dict:
+    """{key: array} of an .npz; DataFormatError naming the file for anything missing or unreadable."""
+    if not os.path.isfile(path):
+        raise DataFormatError(path, "features file not found")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            keys = set(archive.files)
+            missing = [key for key in required if key not in keys]
+            if missing:
+                raise DataFormatError(path, f"no array {', '.join(missing)} in the archive (it holds "
+                                            f"{', '.join(sorted(keys)) or 'nothing'}; needed: {', '.join(required)})")
+            return {key: archive[key] for key in required + optional if key in keys}
+    except DataFormatError:
+        raise
+    except Exception as error:  # np.load raises several types for non-zip or damaged files
+        raise DataFormatError(path, f"not a readable .npz archive ({type(error).__name__}: {error})") from None
+
+
+def check_float_matrix(path, key, array, rows: int | None = None) -> np.ndarray:
+    if not np.issubdtype(array.dtype, np.floating) or array.ndim != 2 or array.shape[1] < 1:
+        raise DataFormatError(path, f"{key} must be a float [rows, D] array, got dtype {array.dtype} "
+                                    f"shape {array.shape}")
+    if rows is not None and array.shape[0] != rows:
+        raise DataFormatError(path, f"{key} has {array.shape[0]} rows, expected {rows}")
+    bad = np.nonzero(~np.isfinite(array).all(axis=1))[0]
+    if bad.size:
+        raise DataFormatError(path, f"{key} row {int(bad[0])} holds a NaN or infinite value")
+    return array
+
+
+# ---------------------------------------------------------------- image and feature sources
+
+class ImageFiles:
+    """Image files under `root`, read a slice at a time: `images[i:j] -> uint8 [j-i,112,112,3]` RGB."""
+
+    def __init__(self, root, relative_paths):
+        self.paths = [os.path.join(root, relative) for relative in relative_paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, items: slice) -> np.ndarray:
+        paths = self.paths[items]
+        out = np.empty((len(paths), 112, 112, 3), dtype=np.uint8)
+        for row, path in enumerate(paths):
+            out[row] = check_size(read_image_file(path), "error", path, "whole file")
+        return out
+
+    def check_exist(self, listed_in) -> None:
+        """Fail on the first missing file before any feature is extracted, not minutes into it."""
+        missing = [path for path in self.paths if not os.path.isfile(path)]
+        if missing:
+            raise DataFormatError(missing[0], f"image file listed in {listed_in} not found "
+                                              f"({len(missing)} of {len(self.paths)} images are missing)")
+
+
+def open_image_pairs(root, pairs_path) -> tuple[ImageFiles, np.ndarray]:
+    """(images in .bin order, pair i being items 2i and 2i+1; issame) of a folder and a pair list."""
+    if not os.path.isdir(root):
+        raise DataFormatError(root, "image folder not found")
+    pairs, issame = read_pairs(pairs_path)
+    images = ImageFiles(root, [relative for pair in pairs for relative in pair])
+    images.check_exist(pairs_path)
+    return images, issame
+
+
+def load_verification_features(path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(embeddings [2N, D], embeddings_flip or None, issame bool [N]) of a features .npz."""
+    arrays = open_npz(path, ("embeddings", "issame"), ("embeddings_flip",))
+    issame = arrays["issame"]
+    if issame.ndim != 1 or not (issame.dtype == np.bool_ or (np.issubdtype(issame.dtype, np.integer)
+                                                             and np.isin(issame, (0, 1)).all())):
+        raise DataFormatError(path, f"issame must be N booleans, got dtype {issame.dtype} shape {issame.shape}")
+    embeddings = check_float_matrix(path, "embeddings", arrays["embeddings"], 2 * issame.size)
+    flipped = arrays.get("embeddings_flip")
+    if flipped is not None:
+        check_float_matrix(path, "embeddings_flip", flipped, embeddings.shape[0])
+        if flipped.shape != embeddings.shape:
+            raise DataFormatError(path, f"embeddings_flip has shape {flipped.shape}, embeddings {embeddings.shape}")
+    return embeddings, flipped, issame.astype(bool)
+
+
+# ---------------------------------------------------------------- resumable feature store
+
+def run_identity(args, backbone: str, embedding_size: int, relative_paths: list) -> dict:
+    """What the stored features depend on; a store made under another identity is never reused."""
+    stat = os.stat(args.checkpoint)
+    return {"checkpoint": os.path.abspath(args.checkpoint), "checkpoint_bytes": stat.st_size,
+            "checkpoint_mtime_ns": stat.st_mtime_ns, "backbone": backbone, "embedding_size": embedding_size,
+            "flip": not args.no_flip, "precision": args.precision, "chunk_size": args.chunk_size,
+            "images": len(relative_paths), "paths_sha1": hashlib.sha1("\n".join(relative_paths).encode()).hexdigest()}
+
+
+def write_progress(path, identity: dict, done: set, n_chunks: int) -> None:
+    temporary = f"{path}.partial"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump({"run": identity, "done": sorted(done), "complete": len(done) == n_chunks}, handle, indent=1)
+    os.replace(temporary, path)
+
+
+def open_store(folder, kind: str, identity: dict, dim: int, relative_paths: list) -> tuple[np.ndarray, set]:
+    """(the [N, D] float32 memory map, finished chunk numbers), created empty or reopened."""
+    array_path = os.path.join(folder, f"{kind}.npy")
+    progress_path = os.path.join(folder, f"{kind}_progress.json")
+    if os.path.exists(progress_path) and os.path.exists(array_path):
+        try:
+            with open(progress_path, encoding="utf-8") as handle:
+                progress = json.load(handle)
+            stored, done = progress["run"], set(progress["done"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise DataFormatError(progress_path, f"unreadable progress record ({error}); delete the folder") from None
+        differing = [f"{key} was {stored.get(key)!r}, now {value!r}" for key, value in identity.items()
+                     if stored.get(key) != value]
+        if differing:
+            raise DataFormatError(progress_path, f"holds {kind} features of another run ({'; '.join(differing[:3])}):"
+                                                 " pass another --feature-dir or delete this one")
+        features = np.lib.format.open_memmap(array_path, mode="r+")
+        if features.shape != (len(relative_paths), dim) or features.dtype != np.float32:
+            raise DataFormatError(array_path, f"holds {features.dtype} {features.shape}, expected float32 "
+                                              f"{(len(relative_paths), dim)}; delete the folder")
+        return features, done
+    os.makedirs(folder, exist_ok=True)
+    features = np.lib.format.open_memmap(array_path, mode="w+", dtype=np.float32, shape=(len(relative_paths), dim))
+    with open(os.path.join(folder, f"{kind}_paths.txt"), "w", encoding="utf-8") as handle:
+        handle.writelines(f"{path}\n" for path in relative_paths)
+    n_chunks = -(-len(relative_paths) // identity["chunk_size"])
+    write_progress(progress_path, identity, set(), n_chunks)
+    return features, set()
+
+
+def l2_normalized(features: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return features / np.where(norms > 0, norms, 1).astype(np.float32)
+
+
+def cached_features(kind, root, relative_paths, folder, identity, model, device, args,
+                    max_new_chunks: int | None = None) -> tuple[np.ndarray | None, int]:
+    """(features of the images under `root`, or None when `max_new_chunks` ran out first; chunks
+    computed), computing only the chunks the store lacks."""
+    features, done = open_store(folder, kind, identity, identity["embedding_size"], relative_paths)
+    size = args.chunk_size
+    n_chunks = -(-len(relative_paths) // size)
+    progress_path = os.path.join(folder, f"{kind}_progress.json")
+    computed = 0
+    for chunk in range(n_chunks):
+        if chunk in done:
+            continue
+        if computed == max_new_chunks:
+            break
+        start, stop = chunk * size, min(len(relative_paths), (chunk + 1) * size)
+        embeddings, flipped = extract_embeddings(
+            model, ImageFiles(root, relative_paths[start:stop]), args.batch_size, device, args.precision,
+            flip=not args.no_flip, description=f"{kind} chunk {chunk + 1}/{n_chunks}")
+        features[start:stop] = l2_normalized(embeddings + flipped if flipped is not None else embeddings)
+        features.flush()  # the rows reach the file before the progress record names their chunk
+        done.add(chunk)
+        write_progress(progress_path, identity, done, n_chunks)
+        computed += 1
+        print(f"{kind}: chunk {chunk + 1}/{n_chunks} (images {start}-{stop - 1}) computed", file=sys.stderr)
+    print(f"{kind}: {computed} chunks computed, {len(done) - computed} reused, {n_chunks - len(done)} left "
+          f"({folder})", file=sys.stderr)
+    return (features if len(done) == n_chunks else None), computed
+
+
+# ---------------------------------------------------------------- verification script
+
+def verification_parser(default_set: str, set_choices: tuple) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=f"Pair-verification accuracy of a checkpoint on {default_set} (or any insightface .bin: "
+                    "calfw, cplfw, vgg2_fp, ...), 10-fold, under the insightface or the seed protocol.")
+    data = parser.add_argument_group("data: one of --bin, --images with --pairs, --features")
+    data.add_argument("--bin", help=f"insightface verification .bin (default data/{default_set}.bin)")
+    if set_choices:
+        data.add_argument("--set", choices=set_choices,
+                          help=f"which set, reading data/SET.bin unless --bin is given (default {default_set})")
+    data.add_argument("--images", metavar="ROOT", help="image folder the pair list's paths are relative to")
+    data.add_argument("--pairs", metavar="FILE", help="LFW pairs.txt or a 'left right flag' list")
+    data.add_argument("--features", metavar="FILE.npz", help="saved features instead of images and a model")
+    add_model_arguments(parser)
+    output = parser.add_argument_group("protocol and output")
+    output.add_argument("--protocol", choices=PROTOCOLS, default="insightface", help="(default insightface)")
+    output.add_argument("--save-features", metavar="FILE.npz", help="also write the features for --features")
+    output.add_argument("--roc", metavar="PATH",
+                        help="ROC figure (default result/roc_<set>_<protocol>.png; '' for none)")
+    output.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    return parser
+
+
+def _source(parser, args, default_set: str) -> tuple[str, str]:
+    """(kind, set name) of the data arguments, after checking exactly one source is given."""
+    if (args.images is None) != (args.pairs is None):
+        parser.error("--images and --pairs go together: the pair list's paths are relative to the folder")
+    given = [flag for flag, value in (("--bin", args.bin), ("--images/--pairs", args.images),
+                                      ("--features", args.features)) if value is not None]
+    if len(given) > 1:
+        parser.error(f"give one data source, not {' and '.join(given)}")
+    chosen_set = getattr(args, "set", None)
+    if args.bin is not None:
+        return "bin", chosen_set or os.path.splitext(os.path.basename(args.bin))[0]
+    name = chosen_set or default_set
+    if args.images is not None:
+        return "images", name
+    if args.features is not None:
+        return "features", name
+    args.bin = os.path.join("data", f"{name}.bin")
+    return "bin", name
+
+
+def print_verification(result, set_name: str, n_pairs: int, flip: bool, origin: str, roc_path: str | None) -> None:
+    kind = {"squared_l2_distance": "squared L2 distance", "cosine": "cosine"}.get(result.threshold_kind,
+                                                                                 result.threshold_kind)
+    print(f"{set_name}: {n_pairs} pairs, {result.protocol} protocol, {len(result.fold_accuracies)} folds, "
+          f"mirrored images {'on' if flip else 'off'}; {origin}")
+    print(f"{'fold':>4}  {'accuracy':>8}  threshold ({kind})")
+    for fold, (accuracy, threshold) in enumerate(zip(result.fold_accuracies, result.thresholds), 1):
+        print(f"{fold:>4}  {100 * accuracy:>7.2f}%  {threshold:.4f}")
+    print(f"accuracy: {100 * result.accuracy_mean:.2f}% ± {100 * result.accuracy_std:.2f}%")
+    print(f"XNorm: {result.xnorm:.4f}")
+    for far, tar in result.tar_at_far.items():
+        print(f"TAR@FAR={far:.0e}: {100 * tar:.2f}% ± {100 * result.tar_std_at_far[far]:.2f}% "
+              f"(FAR reached {result.far_at_far[far]:.2e})")
+    print(f"ROC curve: {roc_path}" if roc_path else "ROC curve: not written (--roc '')")
+
+
+def verification_main(default_set: str, argv=None, set_choices: tuple = ()) -> None:
+    parser = verification_parser(default_set, set_choices)
+    args = parser.parse_args(argv)
+    kind, set_name = _source(parser, args, default_set)
+    check_model_arguments(parser, args, kind == "features")
+    flip = not args.no_flip
+    record = {"set": set_name, "checkpoint": None, "backbone": None, "embedding_size": None}
+
+    if kind == "features":
+        embeddings, flipped, issame = load_verification_features(args.features)
+    elif kind == "bin":
+        images, issame = open_bin(args.bin)
+    else:
+        images, issame = open_image_pairs(args.images, args.pairs)
+    data_file = {"features": args.features, "bin": args.bin, "images": args.pairs}[kind]
+    record.update(bin=args.bin, images=args.images, pairs=args.pairs, features=args.features)
+    if issame.size < N_FOLDS:
+        raise DataFormatError(data_file, f"only {issame.size} pairs: the {N_FOLDS}-fold protocols need "
+                                         f"at least {N_FOLDS}")
+
+    if kind == "features":
+        flipped = flipped if flip else None
+        flip = flipped is not None
+        origin = f"features {args.features}"
+    else:
+        device = resolve_device(parser, args.device)
+        model, name, size = load_model(args, device)
+        record.update(checkpoint=args.checkpoint, backbone=name, embedding_size=size, precision=args.precision)
+        embeddings, flipped = extract_embeddings(model, images, args.batch_size, device, args.precision, flip=flip,
+                                                 description=f"{set_name} features")
+        origin = f"checkpoint {args.checkpoint} ({name}, {size}-d, {args.precision} on {device.type})"
+
+    if args.save_features:
+        arrays = {"embeddings": embeddings, "issame": issame}
+        if flipped is not None:
+            arrays["embeddings_flip"] = flipped
+        save_npz(args.save_features, **arrays)
+        record["saved_features"] = args.save_features
+
+    result = evaluate_verification(embeddings, issame, flipped, protocol=args.protocol, n_folds=N_FOLDS)
+    roc_path = args.roc if args.roc is not None else os.path.join("result", f"roc_{set_name}_{args.protocol}.png")
+    if roc_path:
+        from .plot import save_roc_png  # matplotlib only when a figure is asked for
+        os.makedirs(os.path.dirname(os.path.abspath(roc_path)), exist_ok=True)
+        save_roc_png(result, roc_path, title=f"{set_name} ROC ({args.protocol} protocol)")
+    record.update(result.to_json(), n_pairs=int(issame.size), flip=flip, roc=roc_path or None)
+
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print_verification(result, set_name, issame.size, flip, origin, roc_path)
+
+
+def run_verification_script(default_set: str, set_choices: tuple = ()) -> None:
+    """The whole body of eval_lfw.py / eval_agedb30.py / eval_cfp.py."""
+    run_cli(lambda: verification_main(default_set, sys.argv[1:], set_choices))
