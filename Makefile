@@ -28,7 +28,7 @@ visdom: visdom-assets
 # trained from scratch, curves in result/demo_curves.png, and a last line of JSON with the result.
 DEMO_DATA := data/synthetic
 $(DEMO_DATA)/.complete: dataset/synthetic.py tools/make_synthetic.py | setup
-	$(PY) tools/make_synthetic.py $(DEMO_DATA)
+	$(PY) tools/make_synthetic.py $(DEMO_DATA) --lfw-pairs 600 --agedb-pairs 600 --cfp-pairs 600
 	touch $@
 
 demo: setup $(DEMO_DATA)/.complete

@@ -77,6 +77,7 @@ class Config:
     compile: bool = False  # torch.compile the backbone (minutes of compile time, then faster steps)
     max_nonfinite_steps: int = 10  # stop after this many consecutive non-finite losses
     max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs): demos and tests
+    max_train_minutes: float = 0.0  # stop (evaluate, checkpoint) once training steps took this long; 0 = off
 
     # ============ monitoring ============
     log_freq: int = 50  # steps between log lines / metrics records

@@ -110,7 +110,7 @@ def main(argv=None) -> dict:
         if cfg.eval_at_start and position["step"] == 0 and context.is_main and val_sets else {}
     step, consecutive_bad = position["step"], 0
     window = {"loss": 0.0, "accuracy": 0.0, "grad_norm": 0.0, "steps": 0, "images": 0, "start": time.time()}
-    train_seconds, latest = 0.0, {}
+    train_seconds, latest, time_up = 0.0, {}, False
     bar = tqdm(total=total_steps, initial=step, disable=not (cfg.progress and context.is_main), unit="step",
                dynamic_ncols=True)
     first_epoch, first_step_in_epoch = position["epoch"], position["step_in_epoch"]
@@ -159,7 +159,8 @@ def main(argv=None) -> dict:
                 log.event("train", step=step, epoch=epoch, **record)
                 log.curves(step, **record)
                 window = {"loss": 0.0, "accuracy": 0.0, "grad_norm": 0.0, "steps": 0, "images": 0, "start": time.time()}
-            end_of_run = step == total_steps
+            time_up = cfg.max_train_minutes > 0 and train_seconds >= 60 * cfg.max_train_minutes
+            end_of_run = step == total_steps or time_up
             position = {"step": step, "epoch": epoch + (step_in_epoch + 1 == steps_per_epoch),
                         "step_in_epoch": (step_in_epoch + 1) % steps_per_epoch}
             # ---- evaluate and checkpoint
@@ -172,7 +173,10 @@ def main(argv=None) -> dict:
                 checkpoint.save_run(run_dir, config_to_dict(cfg), context, backbone, classifier, aux_loss,
                                     optimizers, scaler, position, tracker)
                 log.event("checkpoint", step=step)
-        if step >= total_steps:
+            if time_up:
+                log.info(f"stopping after {train_seconds:.0f} s of training steps (max_train_minutes)")
+                break
+        if step >= total_steps or time_up:
             break
     bar.close()
     summary = {"run_dir": run_dir, "steps": step, "train_seconds": round(train_seconds, 2),
