@@ -1,0 +1,92 @@
+"""tools/export.py: every backbone family exports to ONNX and TorchScript from a checkpoint file, and
+the written files compute what PyTorch computes at two batch sizes (interop/export.py)."""
+
+import json
+
+import onnx
+import pytest
+import torch
+
+from backbone import build_backbone
+from interop.export import (INPUT_NAME, OUTPUT_NAME, check_export, example_input, export_onnx,
+                            model_metadata, onnx_runner, within_tolerance)
+from tools.export import main as export_main
+from training.checkpoint import backbone_file
+
+EMBEDDING_SIZE = 16
+# One network of every family; the smallest of each that the registry has.
+FAMILIES = ["mobilefacenet", "ir18", "ir_se18", "ir_cbam50", "resnet50", "attention56", "spherenet20"]
+
+
+def random_backbone(name: str) -> torch.nn.Module:
+    """Random weights with a trained network's scales.
+
+    The BN2d statistics are measured on random inputs like those of the tool's check (fresh ones of
+    0 and 1 let activations shrink towards 0 with depth). The third BN of each residual unit (`bn3`:
+    the branch's last in the IR and ResNet units, its last before the final conv in the attention
+    nets' pre-activation units) gets a small scale, as training leaves it (the reason its weight is
+    often zero-initialised): with unit-scale branches a random ResNet-50 amplifies float32 rounding
+    about 1.4-fold per unit, to ~1e-4 at the embedding, which no trained network does. The final BN1d
+    keeps 0 and 1: its statistics over a couple of noise images would be degenerate.
+    """
+    torch.manual_seed(0)
+    model = build_backbone(name, EMBEDDING_SIZE)
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    with torch.no_grad():
+        for layer_name, norm in norms.items():
+            norm.momentum = None  # running statistics = those of the one batch below
+            if layer_name.endswith("bn3"):
+                norm.weight.uniform_(0.1, 0.3)
+        model.train()(example_input(2, seed=100))
+    for norm in norms.values():
+        norm.momentum = 0.1
+    return model.eval()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_family_exports_to_both_formats(name, tmp_path, capsys):
+    model = random_backbone(name)
+    checkpoint = tmp_path / "backbone.pt"
+    if name == "mobilefacenet":  # the training checkpoint.pt layout, which the tool reads too
+        torch.save({"backbone": model.state_dict(), "head": {},
+                    "config": {"backbone": name, "embedding_size": EMBEDDING_SIZE}}, checkpoint)
+    else:
+        torch.save(backbone_file(name, EMBEDDING_SIZE, model.state_dict()), checkpoint)
+    for format_name, out in (("onnx", tmp_path / "model.onnx"), ("torchscript", tmp_path / "model.ts")):
+        status = export_main(["--checkpoint", str(checkpoint), "--format", format_name,
+                              "--batch-check", "2", str(out)])
+        printed = capsys.readouterr().out
+        assert status == 0, printed
+        assert "batch 1:" in printed and "batch 2:" in printed and printed.rstrip().endswith("OK")
+
+    # The files carry the input contract and the dynamic batch axis.
+    exported = onnx.load(str(tmp_path / "model.onnx"))
+    properties = {p.key: p.value for p in exported.metadata_props}
+    assert properties["backbone"] == name and properties["embedding_size"] == str(EMBEDDING_SIZE)
+    assert "(x/255 - 0.5)/0.5" in exported.doc_string and "RGB" in properties[INPUT_NAME]
+    for value, expected_shape in ((exported.graph.input[0], ["batch", 3, 112, 112]),
+                                  (exported.graph.output[0], ["batch", EMBEDDING_SIZE])):
+        dims = value.type.tensor_type.shape.dim
+        assert [d.dim_param or d.dim_value for d in dims] == expected_shape
+    assert [exported.graph.input[0].name, exported.graph.output[0].name] == [INPUT_NAME, OUTPUT_NAME]
+    extra = {"metadata.json": ""}
+    torch.jit.load(str(tmp_path / "model.ts"), _extra_files=extra)
+    assert json.loads(extra["metadata.json"])["backbone"] == name
+
+
+def test_the_check_catches_an_export_of_other_weights(tmp_path):
+    exported, other = random_backbone("spherenet20"), build_backbone("spherenet20", EMBEDDING_SIZE).eval()
+    export_onnx(exported, tmp_path / "m.onnx", model_metadata("spherenet20", EMBEDDING_SIZE))
+    differences = check_export(other, onnx_runner(tmp_path / "m.onnx"), batch_sizes=(1,))
+    assert not within_tolerance(*differences[1])
+
+
+def test_bad_options_are_refused(tmp_path):
+    torch.save(backbone_file("mobilefacenet", EMBEDDING_SIZE, random_backbone("mobilefacenet").state_dict()),
+               tmp_path / "b.pt")
+    with pytest.raises(ValueError, match="opset=9; valid: 11..20"):
+        export_main(["--checkpoint", str(tmp_path / "b.pt"), "--format", "onnx", "--opset", "9",
+                     str(tmp_path / "m.onnx")])
+    with pytest.raises(SystemExit):
+        export_main(["--checkpoint", str(tmp_path / "b.pt"), "--format", "tflite", str(tmp_path / "m")])
