@@ -150,7 +150,7 @@ def main(argv=None) -> dict:
             window["images"] += cfg.batch_size
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{result.loss:.3f}", acc=f"{result.accuracy:.3f}",
-                            lr=f"{cfg.lr * factor:.2e}")
+                            lr=f"{cfg.lr * factor:.2e}", img_s=f"{cfg.batch_size / (time.time() - step_start):.0f}")
             if step % cfg.log_freq == 0 or step == total_steps:
                 seconds = time.time() - window["start"]
                 record = {"loss": window["loss"] / window["steps"], "train_accuracy": window["accuracy"] / window["steps"],
