@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from config import Config, config_to_dict, load_config
-from dataset import TrainingView, open_bin, open_training_set
+from dataset import DataFormatError, TrainingView, open_bin, open_training_set
 from evaluation.features import extract_embeddings
 from evaluation.verification import evaluate_verification
 from training import checkpoint
@@ -189,4 +189,8 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1:])))
+    try:
+        summary = main(sys.argv[1:])
+    except (DataFormatError, FileNotFoundError) as error:  # bad or missing data: one line, no traceback
+        sys.exit(f"error: {error}")
+    print(json.dumps(summary))
