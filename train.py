@@ -62,6 +62,11 @@ def evaluate(backbone, val_sets, cfg: Config, device, step: int, log: RunLog, tr
     return results
 
 
+def new_log_window() -> dict:
+    """Sums over the steps since the last log line (time: training steps only, not evaluation)."""
+    return {"loss": 0.0, "accuracy": 0.0, "grad_norm": 0.0, "steps": 0, "images": 0, "seconds": 0.0}
+
+
 def main(argv=None) -> dict:
     cfg = load_config(argv)
     context = init_distributed(cfg.device)
@@ -109,7 +114,7 @@ def main(argv=None) -> dict:
     accuracy_at_start = evaluate(backbone, val_sets, cfg, device, 0, log, {}) \
         if cfg.eval_at_start and position["step"] == 0 and context.is_main and val_sets else {}
     step, consecutive_bad = position["step"], 0
-    window = {"loss": 0.0, "accuracy": 0.0, "grad_norm": 0.0, "steps": 0, "images": 0, "start": time.time()}
+    window = new_log_window()
     train_seconds, latest, time_up = 0.0, {}, False
     bar = tqdm(total=total_steps, initial=step, disable=not (cfg.progress and context.is_main), unit="step",
                dynamic_ncols=True)
@@ -140,7 +145,8 @@ def main(argv=None) -> dict:
                 continue
             consecutive_bad = 0
             step += 1
-            train_seconds += time.time() - step_start
+            step_seconds = time.time() - step_start
+            train_seconds += step_seconds
 
             # ---- log
             window["loss"] += result.loss
@@ -148,17 +154,17 @@ def main(argv=None) -> dict:
             window["grad_norm"] += result.grad_norm
             window["steps"] += 1
             window["images"] += cfg.batch_size
+            window["seconds"] += step_seconds
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{result.loss:.3f}", acc=f"{result.accuracy:.3f}",
-                            lr=f"{cfg.lr * factor:.2e}", img_s=f"{cfg.batch_size / (time.time() - step_start):.0f}")
+                            lr=f"{cfg.lr * factor:.2e}", img_s=f"{cfg.batch_size / step_seconds:.0f}")
             if step % cfg.log_freq == 0 or step == total_steps:
-                seconds = time.time() - window["start"]
                 record = {"loss": window["loss"] / window["steps"], "train_accuracy": window["accuracy"] / window["steps"],
                           "grad_norm": window["grad_norm"] / window["steps"], "lr": cfg.lr * factor,
-                          "images_per_second": window["images"] / max(seconds, 1e-9)}
+                          "images_per_second": window["images"] / max(window["seconds"], 1e-9)}
                 log.event("train", step=step, epoch=epoch, **record)
                 log.curves(step, **record)
-                window = {"loss": 0.0, "accuracy": 0.0, "grad_norm": 0.0, "steps": 0, "images": 0, "start": time.time()}
+                window = new_log_window()
             time_up = cfg.max_train_minutes > 0 and train_seconds >= 60 * cfg.max_train_minutes
             end_of_run = step == total_steps or time_up
             position = {"step": step, "epoch": epoch + (step_in_epoch + 1 == steps_per_epoch),
