@@ -17,6 +17,7 @@ import torch
 from config import Config, load_config
 from dataset import write_bin, write_record_pack
 from dataset.synthetic import SyntheticFaces, make_pairs
+from margin import build_margin
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -110,17 +111,20 @@ def test_two_processes_match_one_with_the_same_global_batch(data_dir, tmp_path, 
         assert two_state["head"]["weight"].shape == (6, 128)
 
 
-def _sharded_gradients(rank, world, init_file, reference):
+def _head_factory(name):
+    hyper = {"s": 32.0, "m": 0.5} if name != "adaface" else {"s": 32.0, "m": 0.4}
+    return lambda classes: build_margin(name, 32, classes, **hyper).double()
+
+
+def _sharded_gradients(rank, world, init_file, reference, head):
     """Worker: this rank's share of the sharded head's loss and gradients, in float64."""
     import torch.distributed as dist
-    from margin import build_margin
     from training.distributed import DistributedContext, ShardedClassifier
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     embeddings, labels = reference["embeddings"], reference["labels"]
     rows = len(labels) // world
-    classifier = ShardedClassifier(lambda c: build_margin("arcface", 32, c, s=32.0, m=0.5).double(), 10,
-                                   DistributedContext(rank, world), seed=5)
+    classifier = ShardedClassifier(_head_factory(head), 10, DistributedContext(rank, world), seed=5)
     local = embeddings[rank * rows:(rank + 1) * rows].clone().requires_grad_()
     loss, _ = classifier(local, labels[rank * rows:(rank + 1) * rows])
     loss.backward()
@@ -133,21 +137,21 @@ def _sharded_gradients(rank, world, init_file, reference):
     dist.destroy_process_group()
 
 
-def test_sharded_cross_entropy_is_exact(tmp_path):
-    """Partial FC's all-reduced softmax equals the unsharded cross-entropy and its gradients (float64)."""
-    from margin import build_margin
+@pytest.mark.parametrize("head", ["arcface", "curricularface", "adaface"])
+def test_sharded_cross_entropy_is_exact(tmp_path, head):
+    """Partial FC's all-reduced softmax equals the unsharded cross-entropy and its gradients (float64),
+    also for heads whose logits depend on batch statistics or on other columns' targets."""
     from training.distributed import DistributedContext, ShardedClassifier
     generator = torch.Generator().manual_seed(0)
     embeddings = torch.randn(16, 32, dtype=torch.float64, generator=generator)
     labels = torch.randint(0, 10, (16,), generator=generator)
-    whole = ShardedClassifier(lambda c: build_margin("arcface", 32, c, s=32.0, m=0.5).double(), 10,
-                              DistributedContext(), seed=5)
+    whole = ShardedClassifier(_head_factory(head), 10, DistributedContext(), seed=5)
     leaf = embeddings.clone().requires_grad_()
     loss, _ = whole(leaf, labels)
     loss.backward()
     reference = {"embeddings": embeddings, "labels": labels, "loss": loss.detach(),
                  "embedding_grad": leaf.grad, "weight_grad": whole.head.weight.grad}
-    torch.multiprocessing.spawn(_sharded_gradients, args=(2, str(tmp_path / "rendezvous"), reference), nprocs=2)
+    torch.multiprocessing.spawn(_sharded_gradients, args=(2, str(tmp_path / "rendezvous"), reference, head), nprocs=2)
 
 
 def test_sharded_checkpoint_resumes_on_one_process(data_dir, tmp_path):

@@ -11,6 +11,7 @@ so the loss equals the unsharded cross-entropy while no rank ever holds [B, C]. 
 each rank keeps, per step, its classes present in the batch plus a random subset of the others.
 """
 
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -187,6 +188,20 @@ class ShardedClassifier(nn.Module):
         cos = F.linear(F.normalize(embeddings, dim=1), F.normalize(self.head.weight[index], dim=1))
         return self.head.margin_logits(cos, sampled_labels, embeddings.norm(dim=1)), sampled_labels
 
+    def _logits_with_global_targets(self, embeddings, local_labels):
+        """For heads that judge non-target logits against the target's (CurricularFace): every
+        row's target cosine lives on exactly one rank; an all-reduce gives it to all, so the
+        hard-negative threshold and the running statistics equal the unsharded head's."""
+        cos = self.head.cosine(embeddings)
+        with torch.no_grad():
+            rows = torch.arange(cos.shape[0], device=cos.device)
+            target = torch.where(local_labels >= 0, cos[rows, local_labels.clamp(min=0)], 0.0)
+            target = target.to(torch.promote_types(target.dtype, torch.float32))
+            dist.all_reduce(target)
+            if self.head.training:
+                self.head.update_statistics(target)
+        return self.head.margin_logits(cos, local_labels, target_cos=target)
+
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor):
         all_embeddings = _GatherWithGradient.apply(embeddings) if self.context.enabled else embeddings
         if self.context.enabled:
@@ -197,6 +212,9 @@ class ShardedClassifier(nn.Module):
         local_labels = torch.where(on_shard, labels - self.start, torch.full_like(labels, -1))
         if self.sample_rate < 1.0:
             logits, local_labels = self._sampled_logits(all_embeddings, local_labels)
+        elif self.context.enabled and hasattr(self.head, "update_statistics") and \
+                "target_cos" in inspect.signature(self.head.margin_logits).parameters:
+            logits = self._logits_with_global_targets(all_embeddings, local_labels)
         else:
             logits = self.head(all_embeddings, local_labels)
         if not self.context.enabled:
