@@ -24,14 +24,18 @@ def decode_image(payload: bytes | memoryview | np.ndarray, path, where: str) -> 
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def read_image_file(path) -> np.ndarray:
-    """An image file on disk -> RGB uint8 HWC."""
+def read_image_bytes(path) -> bytes:
+    """The encoded bytes of an image file, with a DataFormatError naming it if it can't be read."""
     try:
         with open(path, "rb") as handle:
-            payload = handle.read()
+            return handle.read()
     except OSError as error:
         raise DataFormatError(path, f"cannot read image file ({error.strerror})") from error
-    return decode_image(payload, path, "whole file")
+
+
+def read_image_file(path) -> np.ndarray:
+    """An image file on disk -> RGB uint8 HWC."""
+    return decode_image(read_image_bytes(path), path, "whole file")
 
 
 def encode_image(image: np.ndarray, quality: int = 95, fmt: str = ".jpg") -> bytes:
@@ -43,6 +47,16 @@ def encode_image(image: np.ndarray, quality: int = 95, fmt: str = ".jpg") -> byt
     if not ok:
         raise ValueError(f"OpenCV could not encode a {image.shape} image as {fmt}")
     return encoded.tobytes()
+
+
+def check_size_policy(policy: str) -> None:
+    if policy not in SIZE_POLICIES:
+        raise ValueError(f"on_size_mismatch={policy!r}; valid: {', '.join(SIZE_POLICIES)}")
+
+
+def payload_extension(payload: bytes) -> str:
+    """The file extension of an encoded image: .png for PNG, else .jpg (the packs hold only these)."""
+    return ".png" if payload.startswith(b"\x89PNG") else ".jpg"
 
 
 def check_size(image: np.ndarray, policy: str, path, where: str,

@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from .errors import DataFormatError
-from .image_codec import SIZE_POLICIES, check_size, read_image_file
+from .image_codec import check_size, check_size_policy, read_image_file
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -75,8 +75,7 @@ class ImageListDataset:
     """
 
     def __init__(self, root, list_path=None, on_size_mismatch: str = "error"):
-        if on_size_mismatch not in SIZE_POLICIES:
-            raise ValueError(f"on_size_mismatch={on_size_mismatch!r}; valid: {', '.join(SIZE_POLICIES)}")
+        check_size_policy(on_size_mismatch)
         self.root = os.fspath(root)
         self.on_size_mismatch = on_size_mismatch
         if list_path is None:

@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import DataFormatError
-from .image_codec import IMAGE_SIZE, SIZE_POLICIES, check_size, decode_image, encode_image
+from .image_codec import IMAGE_SIZE, check_size, check_size_policy, decode_image, encode_image
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -176,8 +176,7 @@ class RecordDataset:
     """
 
     def __init__(self, path, on_size_mismatch: str = "error", skip_corrupt: bool = False):
-        if on_size_mismatch not in SIZE_POLICIES:
-            raise ValueError(f"on_size_mismatch={on_size_mismatch!r}; valid: {', '.join(SIZE_POLICIES)}")
+        check_size_policy(on_size_mismatch)
         self.rec_path, self.idx_path, property_path = resolve_pack(path)
         if not os.path.exists(self.rec_path):
             raise DataFormatError(self.rec_path, "record file not found")

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import DataFormatError
-from .image_codec import SIZE_POLICIES, check_size, decode_image, encode_image
+from .image_codec import check_size, check_size_policy, decode_image, encode_image
 
 # What numpy needs to rebuild a (bool) array or scalar, under its numpy 1 and numpy 2 module names.
 _ALLOWED_GLOBALS = {
@@ -82,8 +82,7 @@ class EncodedImages:
     decoded a slice at a time: `images[i:j] -> uint8 [j-i,112,112,3]`."""
 
     def __init__(self, payloads: list[bytes], path, on_size_mismatch: str = "error"):
-        if on_size_mismatch not in SIZE_POLICIES:
-            raise ValueError(f"on_size_mismatch={on_size_mismatch!r}; valid: {', '.join(SIZE_POLICIES)}")
+        check_size_policy(on_size_mismatch)
         self.payloads = payloads
         self.path = path
         self.on_size_mismatch = on_size_mismatch

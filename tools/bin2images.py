@@ -15,10 +15,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dataset import run_cli, read_bin_payloads, write_pair_list  # noqa: E402
-
-
-def extension_of(payload: bytes) -> str:
-    return ".png" if payload.startswith(b"\x89PNG") else ".jpg"
+from dataset.image_codec import payload_extension  # noqa: E402
 
 
 def main(argv=None):
@@ -30,7 +27,7 @@ def main(argv=None):
     os.makedirs(args.out_dir, exist_ok=True)
     names = []
     for i, payload in enumerate(tqdm(payloads, desc="writing images", unit="img")):
-        names.append(f"{i:05d}{extension_of(payload)}")
+        names.append(f"{i:05d}{payload_extension(payload)}")
         with open(os.path.join(args.out_dir, names[-1]), "wb") as handle:
             handle.write(payload)
     write_pair_list(os.path.join(args.out_dir, "pairs.txt"), zip(names[0::2], names[1::2]), issame)

@@ -16,18 +16,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dataset import run_cli, read_image_list, scan_image_folder, write_record_pack  # noqa: E402
-from dataset.image_codec import check_size, decode_image  # noqa: E402
-from dataset.errors import DataFormatError  # noqa: E402
+from dataset.image_codec import check_size, decode_image, read_image_bytes  # noqa: E402
 
 
 def samples(root, paths, labels, resize: bool):
     for index in np.argsort(labels, kind="stable"):
         path = os.path.join(root, paths[index])
-        try:
-            with open(path, "rb") as handle:
-                payload = handle.read()
-        except OSError as error:
-            raise DataFormatError(path, f"cannot read image file ({error.strerror})") from None
+        payload = read_image_bytes(path)
         image = decode_image(payload, path, "whole file")
         resized = check_size(image, "resize" if resize else "error", path, "whole file")
         yield (payload if resized is image else resized), int(labels[index])

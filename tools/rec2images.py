@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dataset import run_cli, RecordDataset, write_image_list  # noqa: E402
-from dataset.image_codec import decode_image  # noqa: E402
+from dataset.image_codec import decode_image, payload_extension  # noqa: E402
 
 
 def main(argv=None):
@@ -32,8 +32,7 @@ def main(argv=None):
         label = int(label if np.isscalar(label) else label[0])
         if not args.no_check:
             decode_image(payload, pack.rec_path, f"record key {key}")
-        extension = ".png" if payload.startswith(b"\x89PNG") else ".jpg"
-        relative = f"{label}/{key}{extension}"
+        relative = f"{label}/{key}{payload_extension(payload)}"
         os.makedirs(os.path.join(args.out_dir, str(label)), exist_ok=True)
         with open(os.path.join(args.out_dir, relative), "wb") as handle:
             handle.write(payload)

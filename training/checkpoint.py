@@ -46,6 +46,13 @@ def backbone_file(name: str, embedding_size: int, state_dict: dict, config: dict
             "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, "config": config or {}}
 
 
+def _map_optimizer_state(state: dict, rows) -> dict:
+    """An optimizer state_dict with `rows` applied to every tensor of every parameter's state."""
+    return {**state, "state": {index: {key: rows(value) if torch.is_tensor(value) else value
+                                       for key, value in entry.items()}
+                               for index, entry in state["state"].items()}}
+
+
 def save_run(run_dir, config: dict, context, backbone, classifier, aux_loss, optimizers: dict, scaler,
              position: dict, best_accuracy: dict) -> None:
     """checkpoint.pt and backbone.pt of a run. Every rank takes part (the head's shards and their
@@ -53,11 +60,7 @@ def save_run(run_dir, config: dict, context, backbone, classifier, aux_loss, opt
     optimizer_states = {}
     for name, optimizer in optimizers.items():
         state = optimizer.state_dict()
-        if name == "head":
-            state["state"] = {index: {key: classifier.gather_rows(value) if torch.is_tensor(value) else value
-                                      for key, value in entry.items()}
-                              for index, entry in state["state"].items()}
-        optimizer_states[name] = state
+        optimizer_states[name] = _map_optimizer_state(state, classifier.gather_rows) if name == "head" else state
     head_state = classifier.full_state()
     rng = [rng_state()]
     if context.enabled:
@@ -84,11 +87,7 @@ def restore_run(state: dict, context, backbone, classifier, aux_loss, optimizers
         aux_loss.load_state_dict(state["aux_loss"])
     for name, optimizer in optimizers.items():
         saved = state["optimizers"][name]
-        if name == "head":
-            saved["state"] = {index: {key: classifier.local_rows(value) if torch.is_tensor(value) else value
-                                      for key, value in entry.items()}
-                              for index, entry in saved["state"].items()}
-        optimizer.load_state_dict(saved)
+        optimizer.load_state_dict(_map_optimizer_state(saved, classifier.local_rows) if name == "head" else saved)
     scaler.load_state_dict(state["scaler"])
     if len(state["rng"]) == context.world:
         set_rng_state(state["rng"][context.rank])

@@ -20,6 +20,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from margin.base import at_least_fp32
+
 
 @dataclass
 class DistributedContext:
@@ -97,7 +99,7 @@ class _ShardedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, local_target):
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        logits = at_least_fp32(logits)
         row_max = logits.max(dim=1).values
         global_max = row_max.clone()
         dist.all_reduce(global_max, op=dist.ReduceOp.MAX)
@@ -196,7 +198,7 @@ class ShardedClassifier(nn.Module):
         with torch.no_grad():
             rows = torch.arange(cos.shape[0], device=cos.device)
             target = torch.where(local_labels >= 0, cos[rows, local_labels.clamp(min=0)], 0.0)
-            target = target.to(torch.promote_types(target.dtype, torch.float32))
+            target = at_least_fp32(target)
             dist.all_reduce(target)
             if self.head.training:
                 self.head.update_statistics(target)
@@ -218,7 +220,7 @@ class ShardedClassifier(nn.Module):
         else:
             logits = self.head(all_embeddings, local_labels)
         if not self.context.enabled:
-            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            logits = at_least_fp32(logits)
             loss = F.cross_entropy(logits, local_labels)
             return loss, (logits.argmax(dim=1) == local_labels).float().mean()
         return _ShardedCrossEntropy.apply(logits, local_labels)
