@@ -23,6 +23,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from .layers import PReLU
 from .output_layer import option_e_layers
 
 ATTENTION_REDUCTION = 16
@@ -104,7 +105,7 @@ class IRBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(in_channels)
         self.conv1 = conv3x3(in_channels, channels)
         self.bn2 = nn.BatchNorm2d(channels)
-        self.prelu = nn.PReLU(channels)
+        self.prelu = PReLU(channels)
         self.conv2 = conv3x3(channels, channels, stride)
         self.bn3 = nn.BatchNorm2d(channels)
         self.attention = attention_class(channels) if attention_class else None
@@ -135,7 +136,7 @@ class IResNet(nn.Module):
         attention_class = ATTENTIONS[attention] if attention else None
         self.conv1 = conv3x3(3, 64)
         self.bn1 = nn.BatchNorm2d(64)
-        self.prelu = nn.PReLU(64)
+        self.prelu = PReLU(64)
         in_channels = 64
         for index, (channels, units) in enumerate(zip(self.STAGE_CHANNELS, units_per_stage), 1):
             blocks = [IRBlock(in_channels, channels, 2, attention_class)]

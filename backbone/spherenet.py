@@ -14,12 +14,13 @@ bias-free here. Every unit so starts close to the identity: without batch norm t
 the deep net trainable from scratch.
 """
 
-from functools import partial
-
 import math
+from functools import partial
 
 import torch
 from torch import nn
+
+from .layers import PReLU
 
 STAGE_CHANNELS = (64, 128, 256, 512)
 FEATURE_MAP_SIZE = 7
@@ -35,9 +36,9 @@ class SphereResidualUnit(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.prelu1 = nn.PReLU(channels)
+        self.prelu1 = PReLU(channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.prelu2 = nn.PReLU(channels)
+        self.prelu2 = PReLU(channels)
         for conv in (self.conv1, self.conv2):
             nn.init.normal_(conv.weight, std=0.01)
 
@@ -49,7 +50,7 @@ def downsampling(in_channels: int, out_channels: int) -> nn.Sequential:
     conv = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
     caffe_xavier_(conv.weight)
     nn.init.zeros_(conv.bias)
-    return nn.Sequential(conv, nn.PReLU(out_channels))
+    return nn.Sequential(conv, PReLU(out_channels))
 
 
 class SphereNet(nn.Module):
