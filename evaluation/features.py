@@ -1,4 +1,5 @@
-"""Embeddings of face images, batch by batch: the one feature extractor of train.py and the eval scripts.
+"""Embeddings of face images, batch by batch: the one feature extractor of train.py and the eval scripts,
+with the precision and CPU-allocator settings that training/step.py shares.
 
 Images arrive as uint8 (a numpy array, or any sequence whose slices are uint8 [n,112,112,3] arrays,
 such as dataset.EncodedImages); only one batch at a time is ever converted to float, so a 12,000-image
@@ -6,6 +7,7 @@ LFW never exists as a float32 copy (insightface's loader keeps two, about 1.8 GB
 """
 
 import contextlib
+import ctypes
 
 import numpy as np
 import torch
@@ -26,6 +28,26 @@ def autocast_context(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=PRECISIONS[precision])
 
 
+# glibc's mallopt parameters (malloc.h) and the size up to which freed memory is kept for reuse.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+CPU_HEAP_REUSE_BYTES = 1 << 30
+
+
+def keep_freed_cpu_memory() -> bool:
+    """Let glibc recycle the large activation buffers of CPU training and extraction instead of
+    returning them to the kernel. By default every tensor over 32 MB is a fresh mmap whose pages the
+    kernel faults in and zeroes on first touch, each batch again: a 51 MB fp32 multiply took 16.7 ms
+    instead of 3.5 ms, a MobileFaceNet bf16 training step ran 1.4x slower and its feature extraction
+    2.8x slower. Peak memory grew by about 4%. Process-wide; a no-op (False) where the C library is
+    not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, CPU_HEAP_REUSE_BYTES)
+                    and libc.mallopt(M_TRIM_THRESHOLD, CPU_HEAP_REUSE_BYTES))
+    except (OSError, AttributeError):
+        return False
+
+
 @torch.no_grad()
 def extract_embeddings(backbone: torch.nn.Module, images, batch_size: int = 256, device=None,
                        precision: str = "fp32", flip: bool = True, channels_last: bool = False,
@@ -35,6 +57,8 @@ def extract_embeddings(backbone: torch.nn.Module, images, batch_size: int = 256,
     The backbone's train/eval mode is restored afterwards, so train.py can call this mid-run.
     """
     device = torch.device(device) if device is not None else next(backbone.parameters()).device
+    if device.type == "cpu":
+        keep_freed_cpu_memory()
     was_training = backbone.training
     backbone.eval()
     outputs, flipped_outputs = [], []

@@ -31,9 +31,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from backbone import build_backbone  # noqa: E402
 from backbone.layers import DepthwiseConv2d, PReLU  # noqa: E402
 from config import Config  # noqa: E402
+from evaluation.features import keep_freed_cpu_memory  # noqa: E402
 from training.components import build_model, build_optimizers  # noqa: E402
 from training.distributed import DistributedContext  # noqa: E402
-from training.step import TrainStep, keep_freed_cpu_memory  # noqa: E402
+from training.step import TrainStep  # noqa: E402
 
 
 class OldArcMarginProduct(torch.nn.Module):

@@ -9,7 +9,6 @@ DDP's all-reduce except the last. On the CPU, glibc is told to recycle freed act
 """
 
 import contextlib
-import ctypes
 import math
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from dataset import normalize_images
-from evaluation.features import autocast_context
+from evaluation.features import autocast_context, keep_freed_cpu_memory
 
 from .distributed import all_reduce_mean
 
@@ -28,25 +27,6 @@ class StepResult:
     accuracy: float  # fraction of the global batch whose arg-max class is its label
     grad_norm: float  # L2 norm of all gradients (backbone and every shard of the head), before clipping
     finite: bool  # False: the step was skipped (non-finite loss or gradients); nothing was updated
-
-
-# glibc's mallopt parameters (malloc.h) and the size up to which freed memory is kept for reuse.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-CPU_HEAP_REUSE_BYTES = 1 << 30
-
-
-def keep_freed_cpu_memory() -> bool:
-    """Let glibc recycle the large activation buffers of a CPU training step instead of returning
-    them to the kernel. By default every tensor over 32 MB is a fresh mmap whose pages the kernel
-    faults in and zeroes on first touch, each step again: a 51 MB fp32 multiply took 16.7 ms
-    instead of 3.5 ms, and a MobileFaceNet bf16 step ran 1.4x slower (tools/benchmark.py). Peak
-    memory grew by about 4%. A no-op (False) where the C library is not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, CPU_HEAP_REUSE_BYTES)
-                    and libc.mallopt(M_TRIM_THRESHOLD, CPU_HEAP_REUSE_BYTES))
-    except (OSError, AttributeError):
-        return False
 
 
 class TrainStep:
