@@ -16,6 +16,7 @@ layers call the stock kernels; under torch.compile PReLU does too (Inductor fuse
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 
 def _stock_path(x: torch.Tensor) -> bool:
@@ -32,6 +33,7 @@ class _PReLUFunction(torch.autograd.Function):
         return torch.prelu(x, weight.to(x.dtype))
 
     @staticmethod
+    @once_differentiable  # a second derivative through this backward would be wrong, so it is refused
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grad = grad.to(x.dtype)
