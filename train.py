@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from config import Config, config_to_dict, load_config
 from dataset import DataFormatError, TrainingView, open_bin, open_training_set
-from evaluation.features import extract_embeddings
+from evaluation.features import extract_embeddings, keep_freed_cpu_memory
 from evaluation.verification import evaluate_verification
 from training import checkpoint
 from training.components import build_model, build_optimizers
@@ -71,6 +71,8 @@ def main(argv=None) -> dict:
     cfg = load_config(argv)
     context = init_distributed(cfg.device)
     device = context.device
+    if device.type == "cpu":
+        keep_freed_cpu_memory()  # process-wide: reuse activation buffers instead of re-faulting their pages
     torch.manual_seed(cfg.seed * 1000 + context.rank)
     run_dir = os.path.join(cfg.output_dir, cfg.name)
     log = RunLog(run_dir, context.is_main, cfg.name, cfg.visdom, cfg.visdom_server, cfg.visdom_port)

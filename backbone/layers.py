@@ -1,11 +1,12 @@
 """Drop-in layers that keep nn.PReLU's and nn.Conv2d's parameters and state-dict keys but avoid two
 slow CPU kernels of torch 2.x that dominated the MobileFaceNet training step (tools/benchmark.py):
 
-- PReLU's backward (`aten::_prelu_kernel_backward`) took 38% of a bf16 channels_last step: about
-  44 ms for a [64, 64, 56, 56] tensor, against about 8 ms for the same gradients written as three
-  vectorised elementwise kernels and one per-channel reduction (below).
-- oneDNN's bf16 backward-data of a *strided depthwise* convolution is a slow reference path: 95-125 ms
-  per call at the three stride-2 depthwise convs of MobileFaceNet (batch 64) against 3-15 ms in fp32.
+- PReLU's backward (`aten::_prelu_kernel_backward`) took 38% of a bf16 channels_last step: 48 ms
+  for a [64, 64, 56, 56] tensor, against 11 ms for the same gradients written as three vectorised
+  elementwise kernels and one per-channel reduction (below).
+- oneDNN's bf16 backward-data of a *strided depthwise* convolution is a slow reference path: forward
+  and backward of MobileFaceNet's three stride-2 depthwise convs (batch 64) took 95-148 ms each in
+  bf16 against 11-36 ms in fp32. (Both: tools/benchmark_layers.py.)
 
 Neither changes the mathematics: the PReLU gradients are exactly PReLU's, and the depthwise conv
 only runs in higher precision. On CUDA and when no gradient is needed (export, evaluation) both

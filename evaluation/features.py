@@ -1,5 +1,5 @@
 """Embeddings of face images, batch by batch: the one feature extractor of train.py and the eval scripts,
-with the precision and CPU-allocator settings that training/step.py shares.
+with the precision and CPU-allocator settings that training shares.
 
 Images arrive as uint8 (a numpy array, or any sequence whose slices are uint8 [n,112,112,3] arrays,
 such as dataset.EncodedImages); only one batch at a time is ever converted to float, so a 12,000-image
@@ -36,10 +36,11 @@ CPU_HEAP_REUSE_BYTES = 1 << 30
 def keep_freed_cpu_memory() -> bool:
     """Let glibc recycle the large activation buffers of CPU training and extraction instead of
     returning them to the kernel. By default every tensor over 32 MB is a fresh mmap whose pages the
-    kernel faults in and zeroes on first touch, each batch again: a 51 MB fp32 multiply took 16.7 ms
-    instead of 3.5 ms, a MobileFaceNet bf16 training step ran 1.4x slower and its feature extraction
-    2.8x slower. Peak memory grew by about 4%. Process-wide; a no-op (False) where the C library is
-    not glibc."""
+    kernel faults in and zeroes on first touch, each batch again: the bf16 MobileFaceNet training
+    step ran at 73.6 instead of 92.3 images/s and its feature extraction at 246 instead of 426
+    (tools/benchmark.py with and without --default-allocator); peak resident memory did not grow.
+    Process-wide, so the entry points (train.py, the eval scripts, the benchmarks) call it when they
+    run on the CPU; a no-op (False) where the C library is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         return bool(libc.mallopt(M_MMAP_THRESHOLD, CPU_HEAP_REUSE_BYTES)
@@ -57,8 +58,6 @@ def extract_embeddings(backbone: torch.nn.Module, images, batch_size: int = 256,
     The backbone's train/eval mode is restored afterwards, so train.py can call this mid-run.
     """
     device = torch.device(device) if device is not None else next(backbone.parameters()).device
-    if device.type == "cpu":
-        keep_freed_cpu_memory()
     was_training = backbone.training
     backbone.eval()
     outputs, flipped_outputs = [], []

@@ -18,8 +18,10 @@ def run_json(*args):
 def test_training_benchmark_reports_throughput_and_flops(tmp_path):
     csv_path = tmp_path / "bench.csv"
     result = run_json("tools/benchmark.py", "--backbone", "mobilefacenet", "--batch-size", "4", "--num-classes", "50",
-                      "--device", "cpu", "--steps", "2", "--warmup", "1", "--csv", str(csv_path), "--json")
+                      "--device", "cpu", "--steps", "2", "--warmup", "1", "--csv", str(csv_path), "--json",
+                      "--default-allocator")
     assert result["images_per_second"] > 0 and result["gmacs_per_image"] == 0.221
+    assert result["recycling_allocator"] is False
     assert result["tflops"] > 0 and result["loader"] == "device-resident"
     assert csv_path.read_text().splitlines()[0].startswith("backbone,head,batch_size")
 
@@ -33,6 +35,7 @@ def test_training_benchmark_through_the_real_loader_and_sharded_head(tmp_path):
                       "--device", "cpu", "--steps", "2", "--warmup", "1", "--loader", f"rec:{tmp_path}",
                       "--workers", "1", "--sharded-head", "--sample-rate", "0.5", "--json")
     assert result["loader"] == f"rec:{tmp_path}" and result["images_per_second"] > 0
+    assert result["recycling_allocator"] is (sys.platform.startswith("linux"))
 
 
 def test_old_step_baseline_compares_both_steps():
@@ -41,6 +44,12 @@ def test_old_step_baseline_compares_both_steps():
     row = result["rows"][0]
     assert row["backbone"] == "mobilefacenet" and row["old_fp32"] > 0
     assert row["ours_bf16_speedup"] > 0 and row["ours_fp32_speedup"] > 0
+
+
+def test_layer_benchmark_times_stock_and_fast_layers():
+    result = run_json("tools/benchmark_layers.py", "--repeats", "1", "--json")
+    assert [row["layer"] for row in result["rows"]] == ["prelu backward"] * 3 + ["stride-2 depthwise forward+backward"] * 3
+    assert all(row["stock_ms"] > 0 and row["ours_ms"] > 0 for row in result["rows"])
 
 
 def test_loader_benchmark_runs_on_a_fresh_pack():

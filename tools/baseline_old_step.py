@@ -111,21 +111,22 @@ def timed(step, steps, warmup) -> float:
     return steps / (time.perf_counter() - start)
 
 
-# Column -> how its process measures: the old step, optionally with our CPU allocator setting, or
-# ours at a precision, optionally compiled.
-VARIANTS = {"old_fp32": ("old", False), "old_fp32_recycling_allocator": ("old", True),
-            "ours_fp32": ("fp32", False), "ours_bf16": ("bf16", False), "ours_bf16_compile": ("bf16", True)}
+# Column -> how its process measures: which step (the old one, or ours at a precision), whether glibc
+# recycles freed memory (train.py does on the CPU; the old repository did not), and torch.compile.
+VARIANTS = {"old_fp32": ("old", False, False), "old_fp32_recycling_allocator": ("old", True, False),
+            "ours_fp32": ("fp32", True, False), "ours_bf16": ("bf16", True, False),
+            "ours_bf16_compile": ("bf16", True, True)}
 
 
 def measure(variant, backbone, batch, args) -> float:
     """images/s of one variant, in the current (fresh) process."""
     embedding = 128 if backbone == "mobilefacenet" else 512
-    kind, flag = VARIANTS[variant]
-    if kind == "old":
-        if flag:
-            keep_freed_cpu_memory()
+    step, recycle, compile = VARIANTS[variant]
+    if recycle:
+        keep_freed_cpu_memory()
+    if step == "old":
         return old_step_rate(backbone, embedding, batch, args.num_classes, args.steps, args.warmup)
-    return our_step_rate(backbone, embedding, batch, args.num_classes, args.steps, args.warmup, kind, flag)
+    return our_step_rate(backbone, embedding, batch, args.num_classes, args.steps, args.warmup, step, compile)
 
 
 def measure_in_fresh_process(variant, backbone, batch, args) -> float:

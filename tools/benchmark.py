@@ -11,6 +11,8 @@ batch already on the device, or, with --loader rec:PATH, fed by the real DataLoa
 FLOP/s count 3 x 2 x MACs per image (forward, and a backward of twice the forward), MACs counted by
 walking the backbone, plus the head's 3 x 2 x B x C x D. --eval also times feature extraction, the
 verification protocols (6,000 pairs) and a MegaFace search with random features.
+On the CPU the allocator recycles freed memory as in train.py (--default-allocator turns that off, for
+the A/B) and max_rss_gb is the process's peak resident memory; on CUDA max_memory_gb is torch's peak.
 --csv FILE appends the result as a row; --json prints one JSON object.
 """
 
@@ -18,6 +20,7 @@ import argparse
 import csv
 import json
 import os
+import resource
 import sys
 import time
 
@@ -27,6 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from backbone.complexity import count_macs  # noqa: E402
 from config import Config  # noqa: E402
+from evaluation.features import keep_freed_cpu_memory  # noqa: E402
 from training.components import build_model, build_optimizers  # noqa: E402
 from training.distributed import DistributedContext  # noqa: E402
 from training.step import TrainStep  # noqa: E402
@@ -95,6 +99,8 @@ def time_training(cfg: Config, device, num_classes: int, steps: int, warmup: int
         result["peak_fraction"] = round(result["tflops"] / peak, 3)
     if device.type == "cuda":
         result["max_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    elif sys.platform.startswith("linux"):  # the process's peak resident memory so far (ru_maxrss is in KiB)
+        result["max_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     return result
 
 
@@ -145,6 +151,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="on the CPU, leave glibc's allocator as it is (train.py makes it recycle freed memory)")
     parser.add_argument("--eval", action="store_true", help="also time extraction, verification, MegaFace")
     parser.add_argument("--megaface-distractors", type=int, default=100_000)
     parser.add_argument("--csv", help="append the result to this CSV file (e.g. result/benchmark.csv)")
@@ -155,6 +163,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    recycling_allocator = device.type == "cpu" and not args.default_allocator and keep_freed_cpu_memory()
     embedding_size = args.embedding_size or (128 if args.backbone == "mobilefacenet" else 512)
     cfg = Config(backbone=args.backbone, embedding_size=embedding_size, head=args.head, s=64.0, m=0.5,
                  batch_size=args.batch_size, precision=args.dtype, compile=args.compile,
@@ -164,7 +173,8 @@ def main(argv=None):
               "num_classes": args.num_classes, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
               else f"cpu x{torch.get_num_threads()}", "dtype": args.dtype, "compile": args.compile,
               "channels_last": cfg.channels_last, "sharded_head": args.sharded_head, "sample_rate": args.sample_rate,
-              "loader": args.loader or "device-resident", "torch": torch.__version__}
+              "loader": args.loader or "device-resident", "recycling_allocator": recycling_allocator,
+              "torch": torch.__version__}
     result.update(time_training(cfg, device, args.num_classes, args.steps, args.warmup,
                                 args.loader[4:] if args.loader else None))
     if args.eval:

@@ -4,8 +4,7 @@ Precision and device are decided here and nowhere else: inputs are normalised on
 laid out channels_last if asked, the forward runs under bf16/fp16 autocast (the margin math itself
 runs in fp32 inside the heads), fp16 goes through a GradScaler. The backbone (and the head when it is
 replicated) run under DDP across processes; micro-batches of a gradient-accumulation step skip
-DDP's all-reduce except the last. On the CPU, glibc is told to recycle freed activation memory
-(keep_freed_cpu_memory).
+DDP's all-reduce except the last.
 """
 
 import contextlib
@@ -16,7 +15,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from dataset import normalize_images
-from evaluation.features import autocast_context, keep_freed_cpu_memory
+from evaluation.features import autocast_context
 
 from .distributed import all_reduce_mean
 
@@ -32,8 +31,6 @@ class StepResult:
 class TrainStep:
     def __init__(self, cfg, context, backbone, classifier, aux_loss, optimizers: dict, scaler):
         self.cfg, self.context = cfg, context
-        if context.device.type == "cpu":
-            keep_freed_cpu_memory()
         self.backbone, self.classifier, self.optimizers, self.scaler = backbone, classifier, optimizers, scaler
         wrap = (lambda m: DistributedDataParallel(m, device_ids=[context.device.index]
                                                   if context.device.type == "cuda" else None)) \
