@@ -26,7 +26,8 @@ def _stock_path(x: torch.Tensor) -> bool:
 
 
 class _PReLUFunction(torch.autograd.Function):
-    """y = x for x > 0, w_c x otherwise (w broadcast over the channel dim 1), as torch.prelu."""
+    """y = x for x > 0, w_c x otherwise (w broadcast over the channel dim 1 of an input of at least
+    2 dims), as torch.prelu."""
 
     @staticmethod
     def forward(ctx, x, weight):
@@ -46,7 +47,7 @@ class _PReLUFunction(torch.autograd.Function):
         # dL/dw_c = sum over every position of channel c of grad * x where x <= 0. BatchNorm's backward
         # with mean 0 and inverse std 1 computes exactly that per-channel sum of products, in one
         # vectorised pass with fp32 accumulation for bf16 inputs (its "grad_weight" output).
-        channels = x.shape[1] if x.dim() > 1 else 1
+        channels = x.shape[1]
         stat_dtype = torch.promote_types(x.dtype, torch.float32)
         zeros = torch.zeros(channels, dtype=stat_dtype, device=x.device)
         ones = torch.ones(channels, dtype=stat_dtype, device=x.device)
@@ -61,7 +62,7 @@ class PReLU(nn.PReLU):
     """nn.PReLU with a fast CPU backward (see the module docstring); same parameter and outputs."""
 
     def forward(self, x):
-        if _stock_path(x):
+        if _stock_path(x) or x.dim() < 2:
             return F.prelu(x, self.weight)
         return _PReLUFunction.apply(x, self.weight)
 
