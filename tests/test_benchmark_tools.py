@@ -56,3 +56,12 @@ def test_loader_benchmark_runs_on_a_fresh_pack():
     result = run_json("tools/benchmark_loader.py", "--images", "60", "--passes", "1", "--workers", "1",
                       "--batch-size", "16", "--json")
     assert result["images"] == 60 and result["single_process_images_per_second"] > 0
+
+
+def test_benchmark_tools_refuse_bad_arguments_by_name():
+    for args, message in ((["tools/benchmark_layers.py", "--repeats", "0"], "--repeats: must be a positive integer, got 0"),
+                          (["tools/benchmark.py", "--device", "cpu", "--steps", "0"], "--steps: must be a positive integer, got 0"),
+                          (["tools/baseline_old_step.py", "--rows", "mobilefacenet"], "--rows item 'mobilefacenet'"),
+                          (["tools/baseline_old_step.py", "--rows", "nonet:4"], "--rows item 'nonet:4'")):
+        result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]

@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from backbone import build_backbone  # noqa: E402
+from backbone import BACKBONES, build_backbone  # noqa: E402
 from backbone.layers import DepthwiseConv2d, PReLU  # noqa: E402
 from config import Config  # noqa: E402
+from evaluation.cli import positive_int  # noqa: E402
 from evaluation.features import keep_freed_cpu_memory  # noqa: E402
 from training.components import build_model, build_optimizers  # noqa: E402
 from training.distributed import DistributedContext  # noqa: E402
@@ -140,18 +141,27 @@ def measure_in_fresh_process(variant, backbone, batch, args) -> float:
     return float(result.stdout.strip().splitlines()[-1])
 
 
+def parse_row(parser, item: str) -> tuple[str, int]:
+    """'backbone:batch' -> (backbone, batch), or a usage error naming the item."""
+    name, _, batch = item.partition(":")
+    if name not in BACKBONES or not batch.isdigit() or int(batch) < 1:
+        parser.error(f"--rows item {item!r}: expected BACKBONE:BATCH with a positive batch; backbones: "
+                     f"{', '.join(sorted(BACKBONES))}")
+    return name, int(batch)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default="mobilefacenet:64,ir50:16",
                         help="backbone:batch pairs to compare (embedding 128 for mobilefacenet, else 512)")
     parser.add_argument("--num-classes", type=int, default=10575)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=positive_int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also time ours with torch.compile")
     parser.add_argument("--measure", choices=sorted(VARIANTS), help=argparse.SUPPRESS)  # one variant, in this process
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    rows = [(name, int(batch)) for name, batch in (item.split(":") for item in args.rows.split(","))]
+    rows = [parse_row(parser, item) for item in args.rows.split(",")]
     if args.measure:
         print(measure(args.measure, *rows[0], args))
         return

@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from backbone.complexity import count_macs  # noqa: E402
 from config import Config  # noqa: E402
+from evaluation.cli import positive_int  # noqa: E402
 from evaluation.features import keep_freed_cpu_memory  # noqa: E402
 from training.components import build_model, build_optimizers  # noqa: E402
 from training.distributed import DistributedContext  # noqa: E402
@@ -148,7 +149,7 @@ def main(argv=None):
     parser.add_argument("--sample-rate", type=float, default=1.0)
     parser.add_argument("--loader", help="rec:PATH to feed steps from a .rec pack through the real DataLoader")
     parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=positive_int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--default-allocator", action="store_true",

@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from backbone.layers import DepthwiseConv2d, PReLU  # noqa: E402
+from evaluation.cli import positive_int  # noqa: E402
 from evaluation.features import keep_freed_cpu_memory  # noqa: E402
 
 PRELU_SHAPES = [(64, 64, 56, 56), (64, 128, 28, 28), (64, 256, 14, 14)]
@@ -51,7 +52,7 @@ def backward_ms(layer, shape, repeats, include_forward: bool) -> float:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     keep_freed_cpu_memory()
