@@ -71,8 +71,7 @@ def main(argv=None) -> dict:
     cfg = load_config(argv)
     context = init_distributed(cfg.device)
     device = context.device
-    if device.type == "cpu":
-        keep_freed_cpu_memory()  # process-wide: reuse activation buffers instead of re-faulting their pages
+    keep_freed_cpu_memory(device)  # on the CPU: reuse activation buffers instead of re-faulting their pages
     torch.manual_seed(cfg.seed * 1000 + context.rank)
     run_dir = os.path.join(cfg.output_dir, cfg.name)
     log = RunLog(run_dir, context.is_main, cfg.name, cfg.visdom, cfg.visdom_server, cfg.visdom_port)

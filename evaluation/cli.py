@@ -85,8 +85,7 @@ def resolve_device(parser, name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device (use --device cpu or auto)")
     device = torch.device(name if name != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cpu":
-        keep_freed_cpu_memory()
+    keep_freed_cpu_memory(device)
     return device
 
 

@@ -33,14 +33,16 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 CPU_HEAP_REUSE_BYTES = 1 << 30
 
 
-def keep_freed_cpu_memory() -> bool:
+def keep_freed_cpu_memory(device: torch.device) -> bool:
     """Let glibc recycle the large activation buffers of CPU training and extraction instead of
     returning them to the kernel. By default every tensor over 32 MB is a fresh mmap whose pages the
     kernel faults in and zeroes on first touch, each batch again: the bf16 MobileFaceNet training
     step ran at 73.6 instead of 92.3 images/s and its feature extraction at 246 instead of 426
     (tools/benchmark.py with and without --default-allocator); peak resident memory did not grow.
-    Process-wide, so the entry points (train.py, the eval scripts, the benchmarks) call it when they
-    run on the CPU; a no-op (False) where the C library is not glibc."""
+    Process-wide, so the entry points (train.py, the eval scripts, the benchmarks) call it with their
+    device; a no-op (False) for other devices and where the C library is not glibc."""
+    if device.type != "cpu":
+        return False
     try:
         libc = ctypes.CDLL("libc.so.6")
         return bool(libc.mallopt(M_MMAP_THRESHOLD, CPU_HEAP_REUSE_BYTES)

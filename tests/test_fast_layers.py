@@ -129,4 +129,5 @@ def test_the_networks_use_the_fast_layers_and_keep_their_state_dict_keys():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_cpu_allocator_setting_is_accepted_by_glibc():
-    assert keep_freed_cpu_memory() is True
+    assert keep_freed_cpu_memory(torch.device("cpu")) is True
+    assert keep_freed_cpu_memory(torch.device("cuda")) is False  # only a device string; nothing runs on it

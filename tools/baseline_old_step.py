@@ -124,7 +124,7 @@ def measure(variant, backbone, batch, args) -> float:
     embedding = 128 if backbone == "mobilefacenet" else 512
     step, recycle, compile = VARIANTS[variant]
     if recycle:
-        keep_freed_cpu_memory()
+        keep_freed_cpu_memory(torch.device("cpu"))
     if step == "old":
         return old_step_rate(backbone, embedding, batch, args.num_classes, args.steps, args.warmup)
     return our_step_rate(backbone, embedding, batch, args.num_classes, args.steps, args.warmup, step, compile)

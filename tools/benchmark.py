@@ -164,7 +164,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    recycling_allocator = device.type == "cpu" and not args.default_allocator and keep_freed_cpu_memory()
+    recycling_allocator = not args.default_allocator and keep_freed_cpu_memory(device)
     embedding_size = args.embedding_size or (128 if args.backbone == "mobilefacenet" else 512)
     cfg = Config(backbone=args.backbone, embedding_size=embedding_size, head=args.head, s=64.0, m=0.5,
                  batch_size=args.batch_size, precision=args.dtype, compile=args.compile,

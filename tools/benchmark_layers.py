@@ -55,7 +55,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    keep_freed_cpu_memory()
+    keep_freed_cpu_memory(torch.device("cpu"))
     rows = []
     for shape in PRELU_SHAPES:
         stock, ours = torch.nn.PReLU(shape[1]), PReLU(shape[1])
