@@ -8,10 +8,13 @@ PIP := $(VENV)/bin/pip
 
 # The venv is rebuilt whenever requirements.txt changes. setuptools<81 goes in first because
 # visdom 0.2.4's setup.py imports pkg_resources and is built against the venv's own setuptools.
+# facenet-pytorch is installed only for the MTCNN weights it ships (dataset/detect.py loads them into
+# our own networks); --no-deps because its metadata pins an old torch.
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet 'setuptools>=77.0.3,<81' wheel
 	$(PIP) install --no-build-isolation -r requirements.txt
+	$(PIP) install --no-deps 'facenet-pytorch==2.6.0'
 	touch $@
 
 setup: $(VENV)/.installed

@@ -46,14 +46,15 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from dataset import DataFormatError, run_cli, scan_image_folder
+from dataset import DataFormatError, scan_image_folder
 from dataset.image_list import IMAGE_EXTENSIONS
 from evaluation.cli import (ImageFiles, add_model_arguments, cached_features, check_float_matrix, check_model_arguments,
-                            l2_normalized, load_model, open_npz, positive_int, resolve_device, run_identity, save_npz)
+                            load_model, open_npz, resolve_device, run_identity)
 from evaluation.megaface import evaluate_megaface
 from evaluation.megaface_noise import (clean_facescrub_probes, facescrub_noise_mask, megaface_noise_mask,
                                        parse_facescrub_noises, parse_megaface_noises)
 from evaluation.plot import save_roc_png
+from runtime import l2_normalize, positive_int, run_cli, save_npz
 
 FAR = 1e-6
 FAR_KEY = "tar_at_far_1e-6"
@@ -179,7 +180,7 @@ def write_devkit_files(out_root, probe_paths, probes, distractor_paths, distract
     for sub, paths, features in (("facescrub", probe_paths, probes), ("megaface", distractor_paths, distractors)):
         for start in range(0, len(paths), block):
             rows = np.asarray(features[start:start + block], dtype=np.float32)
-            for relative, feature in zip(paths[start:start + block], l2_normalized(rows) if normalize else rows):
+            for relative, feature in zip(paths[start:start + block], l2_normalize(rows) if normalize else rows):
                 target = os.path.join(out_root, sub, f"{relative}_{suffix}.bin")
                 folder = os.path.dirname(target)
                 if folder not in created:

@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from config import Config, config_to_dict, load_config
 from dataset import DataFormatError, TrainingView, open_bin, open_training_set
-from evaluation.features import extract_embeddings, keep_freed_cpu_memory
+from evaluation.features import extract_embeddings
+from runtime import keep_freed_cpu_memory, load_torch_file
 from evaluation.verification import evaluate_verification
 from training import checkpoint
 from training.components import build_model, build_optimizers
@@ -103,7 +104,7 @@ def main(argv=None) -> dict:
     tracker: dict[str, float] = {}
     checkpoint_path = cfg.resume or os.path.join(run_dir, "checkpoint.pt")
     if os.path.exists(checkpoint_path):
-        position, tracker = checkpoint.restore_run(checkpoint.load(checkpoint_path), context, backbone,
+        position, tracker = checkpoint.restore_run(load_torch_file(checkpoint_path), context, backbone,
                                                    classifier, aux_loss, optimizers, scaler)
         log.info(f"resumed from {checkpoint_path} at step {position['step']} (epoch {position['epoch']})")
     elif cfg.resume:

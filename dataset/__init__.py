@@ -3,8 +3,9 @@ folders, pair lists, and synthetic face identities. Every reader yields RGB uint
 
 import os
 
+from .align import ARCFACE_TEMPLATE, align_face, five_points, similarity_transform
 from .augment import TrainingView, flip_coin, normalize_images
-from .errors import DataFormatError, run_cli
+from .errors import DataFormatError
 from .image_codec import decode_image, encode_image, read_image_file
 from .image_list import (ImageListDataset, load_pair_images, read_image_list, read_lfw_pairs,
                          read_pair_list, read_pairs, scan_image_folder, write_image_list, write_pair_list)

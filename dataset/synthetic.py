@@ -29,8 +29,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from evaluation.verification import evaluate_verification
-
 from .synthetic_face import IMAGE_SIZE, draw_face, ellipse, identity_traits
 
 DEFAULT_DIFFICULTY = 0.5
@@ -214,25 +212,3 @@ def make_pairs(kind: str, num_pairs: int, first_identity: int, num_identities: i
     """A verification set: (images uint8 [2N, 112, 112, 3] RGB, issame bool [N])."""
     plan = plan_pairs(kind, num_pairs, first_identity, num_identities, seed)
     return render_pairs(SyntheticFaces(seed, difficulty), plan), plan.issame
-
-
-def raw_pixel_baseline(images: np.ndarray, issame: np.ndarray) -> float:
-    """Verification accuracy of cosine similarity between raw pixels (scaled as the network sees
-    them, (x / 255 - 0.5) / 0.5) under insightface's 10-fold best-threshold protocol."""
-    images = np.asarray(images)
-    if images.ndim != 4 or len(images) != 2 * len(issame):
-        raise ValueError(f"need images [2N, H, W, C] for {len(issame)} pairs, got {images.shape}")
-    cosine = np.empty(len(issame))
-    for start in range(0, len(issame), 256):  # in chunks: a whole set as float is gigabytes
-        flat = images[2 * start:2 * start + 512].reshape(-1, 2, images[0].size)
-        flat = flat.astype(np.float32) / 127.5 - 1.0
-        flat /= np.maximum(np.linalg.norm(flat, axis=2, keepdims=True), 1e-12)
-        cosine[start:start + 256] = np.einsum("ij,ij->i", flat[:, 0], flat[:, 1])
-    angle = np.arccos(np.clip(cosine, -1.0, 1.0))
-    # Each pair becomes two unit vectors in the plane at the pair's angle: the protocol sees the
-    # same squared distances (2 - 2 cos) without 37,632-dimensional embeddings for every image.
-    embeddings = np.zeros((len(images), 2))
-    embeddings[0::2, 0] = 1.0
-    embeddings[1::2] = np.stack([np.cos(angle), np.sin(angle)], 1)
-    return evaluate_verification(embeddings, issame, protocol="insightface").accuracy_mean
-

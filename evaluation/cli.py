@@ -33,25 +33,20 @@ import numpy as np
 import torch
 
 from backbone import BACKBONES
-from dataset import DataFormatError, open_bin, read_image_file, read_pairs, run_cli
+import runtime
+from dataset import DataFormatError, open_bin, read_image_file, read_pairs
+from runtime import (DEVICES, PRECISIONS, UsageError, keep_freed_cpu_memory, l2_normalize, positive_int, run_cli,
+                     save_npz)
 from dataset.image_codec import check_size
 
-from .features import PRECISIONS, extract_embeddings, keep_freed_cpu_memory
+from .features import extract_embeddings
 from .model_loading import load_backbone
 from .verification import PROTOCOLS, evaluate_verification
 
-DEVICES = ("auto", "cpu", "cuda")
 N_FOLDS = 10
 
 
 # ---------------------------------------------------------------- pieces shared with eval_megaface.py
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model (not used with --features)")
@@ -82,9 +77,10 @@ def check_model_arguments(parser, args, features_given: bool) -> None:
 
 def resolve_device(parser, name: str) -> torch.device:
     """The device the eval script runs on; on the CPU, glibc is also told to recycle freed memory."""
-    if name == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: torch sees no CUDA device (use --device cpu or auto)")
-    device = torch.device(name if name != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = runtime.resolve_device(name)
+    except UsageError as error:
+        parser.error(f"--device: {error}")
     keep_freed_cpu_memory(device)
     return device
 
@@ -92,17 +88,6 @@ def resolve_device(parser, name: str) -> torch.device:
 def load_model(args, device):
     """(model, name, embedding size) from --checkpoint/--backbone/--embedding-size."""
     return load_backbone(args.checkpoint, args.backbone, args.embedding_size, device)
-
-
-def save_npz(path, **arrays) -> None:
-    """Write an .npz under exactly `path` (np.savez would append .npz to other names), through a
-    temporary file so that an interrupted write leaves no half file behind."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = f"{path}.partial"
-    with open(temporary, "wb") as handle:
-        np.savez(handle, **arrays)
-    os.replace(temporary, path)
 
 
 def open_npz(path, required: tuple, optional: tuple = ()) -> dict:
@@ -235,11 +220,6 @@ def open_store(folder, kind: str, identity: dict, dim: int, relative_paths: list
     return features, set()
 
 
-def l2_normalized(features: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    return features / np.where(norms > 0, norms, 1).astype(np.float32)
-
-
 def cached_features(kind, root, relative_paths, folder, identity, model, device, args,
                     max_new_chunks: int | None = None) -> tuple[np.ndarray | None, int]:
     """(features of the images under `root`, or None when `max_new_chunks` ran out first; chunks
@@ -258,7 +238,7 @@ def cached_features(kind, root, relative_paths, folder, identity, model, device,
         embeddings, flipped = extract_embeddings(
             model, ImageFiles(root, relative_paths[start:stop]), args.batch_size, device, args.precision,
             flip=not args.no_flip, description=f"{kind} chunk {chunk + 1}/{n_chunks}")
-        features[start:stop] = l2_normalized(embeddings + flipped if flipped is not None else embeddings)
+        features[start:stop] = l2_normalize(embeddings + flipped if flipped is not None else embeddings)
         features.flush()  # the rows reach the file before the progress record names their chunk
         done.add(chunk)
         write_progress(progress_path, identity, done, n_chunks)

@@ -49,6 +49,8 @@ from fractions import Fraction
 import numpy as np
 import torch
 
+from runtime import resolve_device
+
 from .verification import RocCurve
 
 DEFAULT_DISTRACTOR_COUNTS = (10, 100, 1_000, 10_000, 100_000, 1_000_000)
@@ -118,18 +120,6 @@ def _exact_float32_matmul():
         torch.set_float32_matmul_precision(previous)
 
 
-def _device(requested) -> torch.device:
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in _BLOCK_ELEMENTS:
-        raise ValueError(f"unsupported device {str(requested)!r}; valid: cpu, cuda, cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {str(device)!r} was asked for but torch sees no CUDA device")
-    return device
-
-
 def _features(array, device, normalize, what, row_ids=None) -> torch.Tensor:
     array = np.ascontiguousarray(array, dtype=np.float32)
     bad = np.nonzero(~np.isfinite(array).all(axis=1))[0]
@@ -156,7 +146,7 @@ def evaluate_megaface(probe_embeddings, probe_labels, distractor_embeddings, *, 
     neutralises (see megaface_noise.megaface_noise_mask): they stay in every subset and in the
     impostor count but never score above anything, as insightface's far-away feature does.
     """
-    device = _device(device)
+    device = resolve_device(device)
     labels = np.asarray(probe_labels).reshape(-1)
     n_distractors = len(distractor_embeddings)
     if len(probe_embeddings) != labels.size:

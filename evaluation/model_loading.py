@@ -15,13 +15,10 @@ so a checkpoint never half-loads into the wrong network.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from backbone import BACKBONES, build_backbone
-from dataset import DataFormatError
-from training.checkpoint import load as load_checkpoint
+from runtime import DataFormatError, load_torch_file
 
 _SHOWN_KEYS = 4  # offending keys named in a mismatch message
 
@@ -37,13 +34,10 @@ def _is_state_dict(value) -> bool:
 
 def read_checkpoint(path) -> tuple[dict, str | None, int | None]:
     """(state_dict, stored backbone name or None, stored embedding size or None) of any accepted layout."""
-    if not os.path.isfile(path):
-        raise CheckpointError(path, "checkpoint file not found")
     try:
-        content = load_checkpoint(path)
-    except Exception as error:  # torch.load raises many types for foreign, truncated or code-holding files
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise CheckpointError(path, f"not a PyTorch checkpoint ({type(error).__name__}: {first_line})") from None
+        content = load_torch_file(path)
+    except DataFormatError as error:
+        raise CheckpointError(error.path, error.problem) from None
     if isinstance(content, dict) and _is_state_dict(content.get("state_dict")):
         return content["state_dict"], content.get("backbone"), content.get("embedding_size")
     if isinstance(content, dict) and _is_state_dict(content.get("backbone")):
@@ -105,3 +99,9 @@ def load_backbone(path, backbone: str | None = None, embedding_size: int | None 
     check_fit(state_dict, model, path, f"backbone {name} with embedding size {size}")
     model.load_state_dict(state_dict, strict=True)
     return model.to(device).eval(), name, int(size)
+
+
+def backbone_file(name: str, embedding_size: int, state_dict: dict, config: dict | None = None) -> dict:
+    """The backbone-only checkpoint format every eval script reads."""
+    return {"backbone": name, "embedding_size": embedding_size,
+            "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, "config": config or {}}

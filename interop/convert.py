@@ -14,9 +14,8 @@ import os
 import torch
 
 from backbone import build_backbone
-from dataset import DataFormatError
-from evaluation.model_loading import read_checkpoint
-from training.checkpoint import atomic_save, backbone_file
+from evaluation.model_loading import backbone_file, read_checkpoint
+from runtime import DataFormatError, atomic_save
 
 from .published_layouts import LAYOUTS
 

@@ -13,12 +13,13 @@ import pytest
 import torch
 
 from backbone import build_backbone
-from dataset import read_bin_payloads, run_cli, write_bin
+from dataset import read_bin_payloads, write_bin
+from runtime import run_cli
 from dataset.synthetic import make_pairs
 from evaluation.cli import verification_main
 from evaluation.model_loading import load_backbone
 from evaluation.verification import evaluate_verification
-from training.checkpoint import backbone_file
+from evaluation.model_loading import backbone_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_PAIRS = 20  # the smallest synthetic set: 10 folds of one matched and one unmatched pair

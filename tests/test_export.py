@@ -11,7 +11,7 @@ from backbone import build_backbone
 from interop.export import (INPUT_NAME, OUTPUT_NAME, check_export, example_input, export_onnx,
                             model_metadata, onnx_runner, within_tolerance)
 from tools.export import main as export_main
-from training.checkpoint import backbone_file
+from evaluation.model_loading import backbone_file
 
 EMBEDDING_SIZE = 16
 # One network of every family; the smallest of each that the registry has.

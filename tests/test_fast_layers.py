@@ -11,7 +11,7 @@ from torch import nn
 
 from backbone import build_backbone
 from backbone.layers import DepthwiseConv2d, PReLU, _PReLUFunction
-from evaluation.features import keep_freed_cpu_memory
+from runtime import keep_freed_cpu_memory
 
 SHAPES = [(4, 6, 5, 5), (5, 6), (3, 6, 7)]  # images, vectors (after a Linear), sequences
 

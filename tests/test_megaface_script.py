@@ -17,11 +17,11 @@ import torch
 
 import eval_megaface
 from backbone import build_backbone
-from dataset import run_cli
+from runtime import run_cli
 from dataset.synthetic import SyntheticFaces
 from evaluation.megaface import evaluate_megaface
 from evaluation.megaface_noise import clean_facescrub_probes
-from training.checkpoint import backbone_file
+from evaluation.model_loading import backbone_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IDENTITIES, PER_IDENTITY, DISTRACTORS = 3, 3, 200

@@ -10,8 +10,8 @@ import pytest
 
 from dataset import RecordDataset, load_bin
 from dataset.synthetic import (DEFAULT_DIFFICULTY, PAIR_KINDS, VARIANTS, SyntheticFaces,
-                               identity_ranges, identity_traits, make_pairs, plan_pairs,
-                               raw_pixel_baseline, render_pairs)
+                               identity_ranges, identity_traits, make_pairs, plan_pairs, render_pairs)
+from evaluation.verification import raw_pixel_baseline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -30,8 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from backbone.complexity import count_macs  # noqa: E402
 from config import Config  # noqa: E402
-from evaluation.cli import positive_int  # noqa: E402
-from evaluation.features import keep_freed_cpu_memory  # noqa: E402
+from runtime import keep_freed_cpu_memory, positive_int  # noqa: E402
 from training.components import build_model, build_optimizers  # noqa: E402
 from training.distributed import DistributedContext  # noqa: E402
 from training.step import TrainStep  # noqa: E402

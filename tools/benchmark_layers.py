@@ -20,8 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from backbone.layers import DepthwiseConv2d, PReLU  # noqa: E402
-from evaluation.cli import positive_int  # noqa: E402
-from evaluation.features import keep_freed_cpu_memory  # noqa: E402
+from runtime import keep_freed_cpu_memory, positive_int  # noqa: E402
 
 PRELU_SHAPES = [(64, 64, 56, 56), (64, 128, 28, 28), (64, 256, 14, 14)]
 STRIDED_DEPTHWISE_SHAPES = [(64, 128, 56, 56), (64, 256, 28, 28), (64, 512, 14, 14)]

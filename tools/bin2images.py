@@ -14,7 +14,8 @@ import sys
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dataset import run_cli, read_bin_payloads, write_pair_list  # noqa: E402
+from dataset import read_bin_payloads, write_pair_list  # noqa: E402
+from runtime import run_cli  # noqa: E402
 from dataset.image_codec import payload_extension  # noqa: E402
 
 

@@ -20,7 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataset import run_cli  # noqa: E402
+from runtime import run_cli  # noqa: E402
 from interop.convert import convert_file  # noqa: E402
 from interop.published_layouts import LAYOUTS  # noqa: E402
 

@@ -25,7 +25,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataset import run_cli  # noqa: E402
+from runtime import run_cli  # noqa: E402
 from evaluation.model_loading import load_backbone  # noqa: E402
 from interop.export import DEFAULT_OPSET, FORMATS, TOLERANCE, export_and_check, within_tolerance  # noqa: E402
 

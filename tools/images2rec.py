@@ -15,7 +15,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dataset import run_cli, read_image_list, scan_image_folder, write_record_pack  # noqa: E402
+from dataset import read_image_list, scan_image_folder, write_record_pack  # noqa: E402
+from runtime import run_cli  # noqa: E402
 from dataset.image_codec import check_size, decode_image, read_image_bytes  # noqa: E402
 
 

@@ -25,9 +25,11 @@ from tqdm import tqdm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from dataset import encode_image, run_cli, write_bin, write_record_pack  # noqa: E402
+from dataset import encode_image, write_bin, write_record_pack  # noqa: E402
+from evaluation.verification import raw_pixel_baseline  # noqa: E402
+from runtime import run_cli  # noqa: E402
 from dataset.synthetic import (DEFAULT_DIFFICULTY, VERIFICATION_FOLDS, SyntheticFaces,  # noqa: E402
-                               identity_ranges, plan_pairs, raw_pixel_baseline, render_pairs)
+                               identity_ranges, plan_pairs, render_pairs)
 
 # (option name, kind of pairs, file name) of the three verification sets.
 VERIFICATION_SETS = (("lfw_pairs", "lfw", "lfw.bin"), ("agedb_pairs", "agedb", "agedb_30.bin"),

@@ -15,7 +15,8 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dataset import run_cli, RecordDataset, write_image_list  # noqa: E402
+from dataset import RecordDataset, write_image_list  # noqa: E402
+from runtime import run_cli  # noqa: E402
 from dataset.image_codec import decode_image, payload_extension  # noqa: E402
 
 

@@ -12,17 +12,8 @@ import os
 
 import torch
 
-
-def atomic_save(obj, path) -> None:
-    temporary = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, temporary)
-    with open(temporary, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def load(path, map_location="cpu") -> dict:
-    return torch.load(path, map_location=map_location, weights_only=True)
+from evaluation.model_loading import backbone_file
+from runtime import atomic_save
 
 
 def rng_state() -> dict:
@@ -38,12 +29,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-
-
-def backbone_file(name: str, embedding_size: int, state_dict: dict, config: dict | None = None) -> dict:
-    """The backbone-only checkpoint format every eval script reads."""
-    return {"backbone": name, "embedding_size": embedding_size,
-            "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, "config": config or {}}
 
 
 def _map_optimizer_state(state: dict, rows) -> dict:

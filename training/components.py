@@ -6,7 +6,7 @@ import inspect
 import torch
 
 from backbone import build_backbone
-from evaluation.features import PRECISIONS
+from runtime import PRECISIONS
 from margin import MARGINS, build_aux_loss, build_margin
 
 from .distributed import DistributedContext, ShardedClassifier

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from margin.base import at_least_fp32
+from runtime import resolve_device
 
 
 @dataclass
@@ -39,26 +40,16 @@ class DistributedContext:
         return self.world > 1
 
 
-DEVICES = ("auto", "cuda", "cpu")
-
-
 def init_distributed(device: str = "auto") -> DistributedContext:
     """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); init NCCL on GPUs, gloo on CPUs."""
-    if device not in DEVICES:
-        raise ValueError(f"device={device!r}; valid: {', '.join(DEVICES)}")
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but torch sees no CUDA device; use --device=cpu or auto")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        target = torch.device("cuda", local_rank)
-    else:
-        target = torch.device("cpu")
+    target = resolve_device(device, local_rank)
+    if target.type == "cuda":
+        torch.cuda.set_device(target)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+        dist.init_process_group("nccl" if target.type == "cuda" else "gloo", rank=rank, world_size=world)
     return DistributedContext(rank, world, local_rank, target)
 
 

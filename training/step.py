@@ -15,7 +15,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from dataset import normalize_images
-from evaluation.features import autocast_context
+from runtime import autocast_context
 
 from .distributed import all_reduce_mean
 
