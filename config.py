@@ -1,4 +1,4 @@
-"""Every hyperparameter of a training run, with its default and why.
+"""Every hyperparameter of a training run, with its default and why, and its validation.
 
 Defaults reproduce the old repository's CASIA-WebFace recipe (MobileFaceNet + ArcFace s=32 m=0.5,
 SGD 0.1 Nesterov, weight decay 5e-4, x0.1 at epochs 6/11/16, 18 epochs, batch 200). A run is
@@ -6,16 +6,32 @@ configured by an override file in configs/ that sets only what differs, then `--
 
     python train.py configs/casia_ir50_arcface.py --lr=0.05 --batch_size=256
 
-`load_config(argv)` does that resolution; it is what train.py calls and what tests import.
+`load_config(argv)` resolves and validates that (what train.py calls and the tests import): a bad
+key, type, name or range is a ConfigError naming the flag or the override file's line, the value
+and what is valid, before anything is built.
 """
 
 import ast
 import dataclasses
+import difflib
 import json
+import math
+import os
 import runpy
 import sys
 import typing
 from dataclasses import dataclass, field
+
+from backbone import BACKBONES, backbone_options
+from evaluation.verification import PROTOCOLS
+from margin import AUX_LOSSES, MARGINS, build_margin
+from runtime import DEVICES, PRECISIONS, UsageError, check_precision, resolve_device
+from training.components import OPTIMIZERS, head_hyperparameters
+from training.schedule import SCHEDULES
+
+
+class ConfigError(UsageError):
+    """A config key or value that cannot run, with where it came from and what is valid."""
 
 
 @dataclass
@@ -37,14 +53,20 @@ class Config:
     val_dir: str = ""
     val_protocol: str = "insightface"  # insightface | seed (see evaluation/verification.py)
     val_batch_size: int = 256
-    workers: int = 4  # DataLoader processes per training process; ~5,000 decoded images/s each
+    workers: int = 4  # DataLoader processes per training process (tools/benchmark_loader.py measures one)
     flip: bool = True  # random horizontal mirroring, the standard face augmentation
-    skip_corrupt: bool = False  # replace unreadable records by the next one (and report them) instead of stopping
+    skip_corrupt: bool = False  # replace unreadable records by the next one (each reported once, counted) instead of stopping
 
     # ============ model ============
     backbone: str = "mobilefacenet"  # any name in backbone.BACKBONES
     embedding_size: int = 128  # the old repository's MobileFaceNet width; IR nets use 512
     dropout: float = 0.0  # before the embedding FC of the IR/ResNet nets; insightface trains with 0
+    grad_checkpoint: bool = False  # recompute activations in backward (IR nets, ViTs): less memory, slower steps
+    # Fine-tuning: start the backbone from a file (a run's backbone.pt or checkpoint.pt, a converted
+    # published model); the head starts fresh. resume (below) instead continues the same run.
+    init_backbone: str = ""
+    freeze_backbone_steps: int = 0  # train only the head for this many first steps (backbone in eval mode)
+    backbone_lr_scale: float = 1.0  # the backbone's lr = lr x this (the head's is lr): < 1 when fine-tuning
     head: str = "arcface"  # any name in margin.MARGINS
     s: float = 32.0  # logit scale; 32 as the old recipe (64 is the ArcFace paper's for large sets)
     m: float = 0.5  # angular margin (arcface), additive (cosface, 0.35), or multiplicative (sphereface, 4)
@@ -88,11 +110,41 @@ class Config:
     visdom_server: str = "http://127.0.0.1"
     visdom_port: int = 8097
     progress: bool = True  # tqdm bar
-    resume: str = ""  # a checkpoint to start from; by default output_dir/name/checkpoint.pt if it exists
+    resume: str = ""  # a checkpoint to continue from; by default output_dir/name/checkpoint.pt if it exists
+
+
+# Ranges, by field: (test, what is valid). Choices and cross-field rules are in `validate`.
+_POSITIVE = (lambda v: v > 0, "a number > 0")
+_NON_NEGATIVE = (lambda v: v >= 0, "a number >= 0")
+RANGES = {
+    **{key: _POSITIVE for key in ("batch_size", "grad_accum", "epochs", "embedding_size", "val_batch_size",
+                                  "log_freq", "max_nonfinite_steps", "lr", "aux_lr", "lr_gamma", "poly_power",
+                                  "backbone_lr_scale")},
+    **{key: _NON_NEGATIVE for key in ("seed", "num_classes", "workers", "test_freq", "save_freq", "max_steps",
+                                      "freeze_backbone_steps", "weight_decay", "warmup_epochs", "clip_grad_norm",
+                                      "aux_weight", "max_train_minutes")},
+    "dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "sample_rate": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "visdom_port": (lambda v: 0 < v < 65536, "a port number in 1..65535"),
+}
+
+
+class UnknownConfigKey(ConfigError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    pass
 
 
 def _field_types() -> dict[str, typing.Any]:
     return typing.get_type_hints(Config)
+
+
+def _type_name(kind) -> str:
+    return getattr(kind, "__name__", str(kind))
 
 
 def parse_value(key: str, text: str, kind) -> typing.Any:
@@ -116,8 +168,8 @@ def parse_value(key: str, text: str, kind) -> typing.Any:
             if not isinstance(value, dict):
                 raise ValueError("expected a JSON object")
             return value
-    except (ValueError, json.JSONDecodeError) as error:
-        raise ValueError(f"--{key}={text!r}: not a valid {getattr(kind, '__name__', kind)} ({error})") from None
+    except (ValueError, TypeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"--{key}={text!r}: not a valid {_type_name(kind)} ({error})") from None
     raise TypeError(f"field {key} has unsupported type {kind}")
 
 
@@ -129,22 +181,45 @@ def _check_value(key: str, value, kind, source: str):
     if origin is list and isinstance(value, tuple):
         value = list(value)
     if not isinstance(value, origin) or (kind is int and isinstance(value, bool)):
-        raise TypeError(f"{source}: {key} = {value!r} should be {getattr(kind, '__name__', kind)}")
+        raise ConfigTypeError(f"{source}: {key} = {value!r} should be {_type_name(kind)}")
     if origin is list:
         item_type = typing.get_args(kind)[0]
-        return [float(v) if item_type is float and isinstance(v, int) else v for v in value]
+        items = [float(v) if item_type is float and isinstance(v, int) and not isinstance(v, bool) else v
+                 for v in value]
+        if not all(isinstance(v, item_type) and not (item_type is not bool and isinstance(v, bool)) for v in items):
+            raise ConfigTypeError(f"{source}: {key} = {value!r} should be a list of {_type_name(item_type)}")
+        return items
     return value
 
 
-def load_config(argv: list[str] | None = None) -> Config:
-    """[override.py ...] [--key=value ...] -> Config. Unknown keys are errors naming the valid ones."""
+def _assignment_lines(path: str) -> dict[str, int]:
+    """Line of the (last) top-level assignment of each name in an override file."""
+    with open(path, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read(), path)
+    lines = {}
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+            if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
+        for target in targets:
+            if isinstance(target, ast.Name):
+                lines[target.id] = node.lineno
+    return lines
+
+
+def _unknown_key(key: str, source: str, types) -> UnknownConfigKey:
+    close = difflib.get_close_matches(key, types, n=1, cutoff=0.6)
+    hint = f" did you mean {close[0]!r}?" if close else ""
+    return UnknownConfigKey(f"{source}: unknown config key {key!r};{hint} valid keys: {', '.join(sorted(types))}")
+
+
+def load_config(argv: list[str] | None = None, world_size: int | None = None) -> Config:
+    """[override.py ...] [--key=value ...] -> a validated Config (ConfigError otherwise).
+
+    `world_size` (default: torchrun's WORLD_SIZE, else 1) is what batch_size must divide by."""
     argv = sys.argv[1:] if argv is None else argv
     types = _field_types()
     values: dict[str, typing.Any] = {}
-
-    def check_key(key: str, source: str) -> None:
-        if key not in types:
-            raise KeyError(f"{source}: unknown config key {key!r}; valid keys: {', '.join(sorted(types))}")
+    origins: dict[str, str] = {}
 
     for arg in argv:
         if arg == "--":  # torchrun needs it before overrides that abbreviate its own flags (--s, --m)
@@ -152,19 +227,95 @@ def load_config(argv: list[str] | None = None) -> Config:
         if arg.startswith("--"):
             key, has_value, text = arg[2:].partition("=")
             key = key.replace("-", "_")
-            check_key(key, arg)
+            if key not in types:
+                raise _unknown_key(key, arg, types)
             if not has_value:
                 if types[key] is not bool:
-                    raise ValueError(f"{arg}: give a value as --{key}=VALUE")
+                    raise ConfigError(f"{arg}: give a value as --{key}=VALUE")
                 text = "true"
             values[key] = parse_value(key, text, types[key])
+            origins[key] = arg
         else:
-            overrides = {k: v for k, v in runpy.run_path(arg).items()
-                         if not k.startswith("_") and not isinstance(v, type(ast))}
+            if not os.path.isfile(arg):
+                raise ConfigError(f"{arg}: no such override file (arguments are override files and --key=value)")
+            try:
+                lines = _assignment_lines(arg)
+                namespace = runpy.run_path(arg)
+            except Exception as error:  # the file is user code: any error is its own
+                raise ConfigError(f"{arg}: cannot be run as an override file ({type(error).__name__}: {error})") from None
+            overrides = {k: v for k, v in namespace.items() if not k.startswith("_") and not isinstance(v, type(ast))}
             for key, value in overrides.items():
-                check_key(key, arg)
+                source = f"{arg}, line {lines[key]}" if key in lines else arg
+                if key not in types:
+                    raise _unknown_key(key, arg, types) if key not in lines else \
+                        UnknownConfigKey(str(_unknown_key(key, arg, types)) + f" (line {lines[key]})")
                 values[key] = _check_value(key, value, types[key], arg)
-    return Config(**values)
+                origins[key] = source
+    config = Config(**values)
+    validate(config, origins, world_size)
+    return config
+
+
+def validate(cfg: Config, origins: dict[str, str] | None = None, world_size: int | None = None) -> None:
+    """Every field of `cfg` against its type, its range and the tables that define the names it
+    holds; raises ConfigError naming the key, where it was set, the value and what is valid."""
+    origins = origins or {}
+    world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
+
+    def where(key: str) -> str:
+        return origins.get(key, f"{key}={getattr(cfg, key)!r} (default)")
+
+    def fail(key: str, valid: str, hint: str = ""):
+        raise ConfigError(f"{where(key)}: {key}={getattr(cfg, key)!r} is invalid;{hint} valid: {valid}")
+
+    for key, kind in _field_types().items():
+        value = getattr(cfg, key)
+        origin = typing.get_origin(kind) or kind
+        if not isinstance(value, origin) or (origin in (int, float) and isinstance(value, bool)):
+            fail(key, f"a {_type_name(kind)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            fail(key, "a finite number")
+        if key in RANGES and not RANGES[key][0](value):
+            fail(key, RANGES[key][1])
+
+    choices = {"backbone": BACKBONES, "head": MARGINS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
+               "precision": PRECISIONS, "device": DEVICES, "val_protocol": PROTOCOLS}
+    for key, table in choices.items():
+        if getattr(cfg, key) not in table:
+            close = difflib.get_close_matches(str(getattr(cfg, key)), list(table), n=1, cutoff=0.5)
+            fail(key, ", ".join(sorted(table)), f" did you mean {close[0]!r}?" if close else "")
+    if cfg.aux_loss and cfg.aux_loss not in AUX_LOSSES:
+        fail("aux_loss", "'' (none), " + ", ".join(sorted(AUX_LOSSES)))
+    if not cfg.name or os.sep in cfg.name or cfg.name in (".", ".."):
+        fail("name", "a non-empty folder name without a path separator")
+    if cfg.batch_size % (world * cfg.grad_accum):
+        fail("batch_size", f"a multiple of world size x grad_accum = {world} x {cfg.grad_accum} "
+                           f"(the global batch is split over {world} process(es) and {cfg.grad_accum} micro-batch(es))")
+    if any(m < 0 for m in cfg.milestones) or cfg.milestones != sorted(cfg.milestones):
+        fail("milestones", "epochs >= 0 in increasing order")
+    if any(not isinstance(v, str) or not v for v in cfg.val_sets):
+        fail("val_sets", "names or paths of .bin files")
+    if cfg.sample_rate < 1 and not MARGINS[cfg.head].cosine_margin:
+        fail("sample_rate", f"1.0 for head {cfg.head!r} (class sampling needs a cosine margin head)")
+
+    options = backbone_options(cfg.backbone)
+    for key, wanted in (("dropout", cfg.dropout > 0), ("grad_checkpoint", cfg.grad_checkpoint)):
+        if wanted and key not in options:
+            supported = sorted(name for name in BACKBONES if key in backbone_options(name))
+            fail(key, f"{'0' if key == 'dropout' else 'false'} for backbone {cfg.backbone!r}; "
+                      f"backbones that take it: {', '.join(supported) or 'none'}")
+    try:  # the head's constructor judges its own options (ranges, types)
+        build_margin(cfg.head, 2, 2, **head_hyperparameters(cfg))
+    except (ValueError, TypeError) as error:
+        keys = ["head"] + [key for key in ("s", "m") if key in MARGINS[cfg.head].HYPERPARAMETERS] + \
+            (["head_options"] if cfg.head_options else [])
+        raise ConfigError(f"{', '.join(where(key) for key in keys)}: head {cfg.head!r} refuses its options "
+                          f"({error})") from None
+    try:
+        check_precision(cfg.precision, resolve_device(cfg.device))
+    except UsageError as error:
+        key = "precision" if "precision" in str(error) else "device"
+        raise ConfigError(f"{where(key)}: {error}") from None
 
 
 def config_to_dict(config: Config) -> dict:

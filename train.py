@@ -4,12 +4,14 @@
     torchrun --nproc_per_node=8 train.py configs/ms1m_ir100_arcface.py
     python train.py configs/casia_ir50_arcface.py --lr=0.05 --batch_size=256
 
-Reads top to bottom: build (data, model, optimizers), resume, then the loop of train step ->
-log -> evaluate -> checkpoint. Everything tunable lives in config.py. The run folder
-output_dir/name holds config.json, log.txt, metrics.jsonl, checkpoint.pt and backbone.pt; a run
-restarted with the same config continues from its checkpoint.pt exactly where it stopped.
+Reads top to bottom: check everything (config, data, verification sets, initial weights), take the
+run folder, build the training state and resume it, then the loop of step -> log -> checkpoint ->
+evaluate. The run folder output_dir/name holds config.json (with its history), log.txt,
+metrics.jsonl, checkpoint.pt (+ checkpoint.prev.pt) and backbone.pt; the same command restarted
+continues exactly where the run stopped. SIGTERM/SIGINT stop it at the next step with a checkpoint.
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -18,47 +20,46 @@ import time
 import torch
 from tqdm import tqdm
 
-from config import Config, config_to_dict, load_config
-from dataset import DataFormatError, TrainingView, open_bin, open_training_set
+from config import config_to_dict, load_config
 from evaluation.features import extract_embeddings
-from runtime import keep_freed_cpu_memory, load_torch_file
 from evaluation.verification import evaluate_verification
-from training import checkpoint
-from training.components import build_model, build_optimizers
+from runtime import UserError, keep_freed_cpu_memory
+from training.checkpoint import find_checkpoint, read_checkpoint, write_checkpoint
+from training.components import build_train_state, read_initial_backbone
+from training.data import BadRecords, open_training_data, open_val_sets, resolve_val_sets, training_loader
 from training.distributed import init_distributed
+from training.run_folder import config_changes, lock_run_folder, record_config, refuse_changes
 from training.run_log import RunLog, git_commit
-from training.sampler import StepBatchSampler
 from training.schedule import lr_factor
 from training.step import TrainStep
+from training.stop import StopRequest, any_process
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
+NONFINITE_ADVICE = ("Try a lower lr (--lr), warm-up (--warmup_epochs=1), gradient clipping (--clip_grad_norm=5), "
+                    "precision fp32 or bf16 instead of fp16, or a smaller margin/scale (--m, --s). "
+                    "The last checkpoint holds only finite weights.")
 
 
-def resolve_val_sets(cfg: Config) -> dict[str, str]:
-    folder = cfg.val_dir or (cfg.train_data if os.path.isdir(cfg.train_data) else os.path.dirname(cfg.train_data))
-    paths = {}
-    for name in cfg.val_sets:
-        path = name if name.endswith(".bin") else os.path.join(folder, f"{name}.bin")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"verification set {name!r}: {path} not found (set val_dir or val_sets)")
-        paths[os.path.basename(path)[:-4]] = path
-    return paths
-
-
-def evaluate(backbone, val_sets, cfg: Config, device, step: int, log: RunLog, tracker: dict) -> dict:
-    """Verification accuracy on every configured set; the latest is the result, the best is kept beside."""
+def evaluate(backbone, val_sets, cfg, device, step: int, log: RunLog, best: dict) -> dict:
+    """Verification accuracy on every set; the latest is the result, the best of every evaluation
+    (the one at start included) is kept in `best`. A failure is logged, never raised: the run and
+    its checkpoint matter more than one evaluation."""
     results = {}
     for name, (images, issame) in val_sets.items():
-        embeddings, flipped = extract_embeddings(backbone, images, cfg.val_batch_size, device, cfg.precision,
-                                                 channels_last=cfg.channels_last, progress=cfg.progress,
-                                                 description=f"eval {name}")
-        result = evaluate_verification(embeddings, issame, flipped, protocol=cfg.val_protocol)
-        best = max(tracker.get(name, 0.0), result.accuracy_mean)
-        tracker[name] = best
+        try:
+            embeddings, flipped = extract_embeddings(backbone, images, cfg.val_batch_size, device, cfg.precision,
+                                                     channels_last=cfg.channels_last, progress=cfg.progress,
+                                                     description=f"eval {name}")
+            result = evaluate_verification(embeddings, issame, flipped, protocol=cfg.val_protocol)
+        except Exception as error:  # noqa: BLE001 - reported in the log, the run goes on
+            log.info(f"step {step} {name}: evaluation failed ({type(error).__name__}: {error}); training goes on")
+            log.event("val_error", step=step, set=name, error=f"{type(error).__name__}: {error}")
+            continue
+        best[name] = max(best.get(name, 0.0), result.accuracy_mean)
         results[name] = result.accuracy_mean
         log.info(f"step {step} {name}: accuracy {result.accuracy_mean:.4f} ± {result.accuracy_std:.4f} "
-                 f"(best so far {best:.4f}), xnorm {result.xnorm:.2f}")
-        log.event("val", step=step, set=name, **result.to_json(), best_accuracy=best)
+                 f"(best so far {best[name]:.4f}), xnorm {result.xnorm:.2f}")
+        log.event("val", step=step, set=name, **result.to_json(), best_accuracy=best[name])
         log.curves(step, trace=name, val_accuracy=result.accuracy_mean)
     return results
 
@@ -69,136 +70,179 @@ def new_log_window() -> dict:
 
 
 def main(argv=None) -> dict:
+    # ============ checks: nothing is built, and no run folder made, until every input is known good ============
     cfg = load_config(argv)
     context = init_distributed(cfg.device)
     device = context.device
     keep_freed_cpu_memory(device)  # on the CPU: reuse activation buffers instead of re-faulting their pages
     torch.manual_seed(cfg.seed * 1000 + context.rank)
+    train_set, num_classes = open_training_data(cfg, context.world)
+    cfg = dataclasses.replace(cfg, num_classes=num_classes)  # config.json and checkpoints record the real count
+    val_sets = open_val_sets(resolve_val_sets(cfg)) if context.is_main else {}
+    initial_backbone = read_initial_backbone(cfg) if cfg.init_backbone else None
+    explicit = read_checkpoint(cfg.resume) if cfg.resume else None
+    config = config_to_dict(cfg)
+
+    # ============ run folder: one train.py per folder; a resume knows what changed ============
     run_dir = os.path.join(cfg.output_dir, cfg.name)
+    lock = None
+    if context.is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        lock = lock_run_folder(run_dir)  # noqa: F841 - held until the process ends
+    resumed, resumed_from, fallback_note = (explicit, cfg.resume, None) if explicit else find_checkpoint(run_dir)
+    changes = {}
+    if resumed is not None:
+        refused, changes = config_changes(resumed["config"], config)
+        refuse_changes(refused, resumed_from, run_dir)
     log = RunLog(run_dir, context.is_main, cfg.name, cfg.visdom, cfg.visdom_server, cfg.visdom_port)
     log.info(f"git {git_commit(REPO_DIR)} | {context.world} process(es) on {device} | run folder {run_dir}")
-    log.info("config: " + json.dumps(config_to_dict(cfg), sort_keys=True))
+    log.info("config: " + json.dumps(config, sort_keys=True))
+    if fallback_note:
+        log.info(fallback_note)
+        log.event("checkpoint_fallback", note=fallback_note)
     if context.is_main:
-        with open(os.path.join(run_dir, "config.json"), "w", encoding="utf-8") as handle:
-            json.dump(config_to_dict(cfg), handle, indent=2, sort_keys=True)
+        record_config(run_dir, config, "resume" if resumed else "start", resumed["step"] if resumed else 0, changes)
+    if changes:
+        log.info("changed since the checkpoint: " + "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()))
+        log.event("config_change", step=resumed["step"], changes={k: list(v) for k, v in changes.items()})
+    if log.visdom_url:
+        log.info(f"live curves: {log.visdom_url}")
 
     # ============ data ============
-    train_set = open_training_set(cfg.train_data, cfg.train_root, skip_corrupt=cfg.skip_corrupt)
-    num_classes = cfg.num_classes or train_set.num_classes or int(train_set.labels().max()) + 1
-    sampler = StepBatchSampler(len(train_set), cfg.batch_size, context.world, context.rank, cfg.grad_accum, cfg.seed)
-    loader = torch.utils.data.DataLoader(TrainingView(train_set, cfg.flip, cfg.seed), batch_sampler=sampler,
-                                         num_workers=cfg.workers, pin_memory=device.type == "cuda")
-    val_sets = {name: open_bin(path) for name, path in resolve_val_sets(cfg).items()} if context.is_main else {}
+    loader, sampler = training_loader(train_set, cfg, context)
     steps_per_epoch = sampler.steps_per_epoch
     total_steps = steps_per_epoch * cfg.epochs if not cfg.max_steps else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
     log.info(f"{len(train_set)} images of {num_classes} identities; global batch {cfg.batch_size} = "
              f"{context.world} process(es) x {cfg.grad_accum} micro-batch(es) x {sampler.micro_batch}; "
              f"{steps_per_epoch} steps per epoch, {total_steps} steps in all")
 
-    # ============ model ============
-    backbone, classifier, aux_loss = build_model(cfg, context, num_classes)
-    optimizers, scaler = build_optimizers(cfg, backbone, classifier, aux_loss)
+    # ============ training state: fresh, fine-tuned from a backbone file, or resumed ============
+    state = build_train_state(cfg, context, num_classes)
+    if resumed is not None:
+        state.load_state_dict(resumed, context)
+        log.info(f"resumed from {resumed_from} at step {state.step} (epoch {state.step // steps_per_epoch})")
+    elif initial_backbone is not None:
+        weights, origin = initial_backbone
+        state.backbone.load_state_dict(weights)
+        log.info(f"backbone initialised from {origin}; the head starts fresh")
+        log.event("init_backbone", source=origin)
+    del resumed, explicit
+    train_step = TrainStep(cfg, context, state)
+    bad_records = BadRecords(log, state.bad_records)
 
-    # ============ resume ============
-    position = {"step": 0, "epoch": 0, "step_in_epoch": 0}
-    tracker: dict[str, float] = {}
-    checkpoint_path = cfg.resume or os.path.join(run_dir, "checkpoint.pt")
-    if os.path.exists(checkpoint_path):
-        position, tracker = checkpoint.restore_run(load_torch_file(checkpoint_path), context, backbone,
-                                                   classifier, aux_loss, optimizers, scaler)
-        log.info(f"resumed from {checkpoint_path} at step {position['step']} (epoch {position['epoch']})")
-    elif cfg.resume:
-        raise FileNotFoundError(f"--resume={cfg.resume}: no such checkpoint")
-
-    train_step = TrainStep(cfg, context, backbone, classifier, aux_loss, optimizers, scaler)
+    def save(reason: str) -> None:
+        content = state.state_dict(context, steps_per_epoch)
+        if context.is_main:
+            write_checkpoint(run_dir, content, config)
+            log.event("checkpoint", step=state.step, reason=reason)
 
     # ============ train ============
-    accuracy_at_start = evaluate(backbone, val_sets, cfg, device, 0, log, {}) \
-        if cfg.eval_at_start and position["step"] == 0 and context.is_main and val_sets else {}
-    step, consecutive_bad = position["step"], 0
-    window = new_log_window()
-    train_seconds, latest, time_up = 0.0, {}, False
-    bar = tqdm(total=total_steps, initial=step, disable=not (cfg.progress and context.is_main), unit="step",
-               dynamic_ncols=True)
-    first_epoch, first_step_in_epoch = position["epoch"], position["step_in_epoch"]
-    for epoch in range(first_epoch, cfg.epochs):
-        sampler.set_position(epoch, first_step_in_epoch if epoch == first_epoch else 0)
-        micro_batches = iter(loader)
-        for step_in_epoch in range(sampler.start_step, steps_per_epoch):
-            if step >= total_steps:
-                break
+    accuracy_at_start = evaluate(state.backbone, val_sets, cfg, device, 0, log, state.best_accuracy) \
+        if cfg.eval_at_start and state.step == 0 and val_sets else {}
+    window, latest, train_seconds, consecutive_bad = new_log_window(), {}, 0.0, 0
+    micro_batches, saved_at, stop = None, None, None
+    if state.step >= total_steps:
+        stop = "complete"
+        log.info(f"nothing to do: the run is at step {state.step} of {total_steps}")
+    bar = tqdm(total=total_steps, initial=min(state.step, total_steps), unit="step", dynamic_ncols=True,
+               disable=not (cfg.progress and context.is_main))
+    with StopRequest() as stop_request:
+        while stop is None:
+            epoch, step_in_epoch = divmod(state.step, steps_per_epoch)
+            if micro_batches is None or step_in_epoch == 0:
+                sampler.set_position(epoch, step_in_epoch)
+                micro_batches = bad_records.micro_batches(iter(loader))
             step_start = time.time()
-            factor = lr_factor(step, cfg.schedule, total_steps, steps_per_epoch,
-                               round(cfg.warmup_epochs * steps_per_epoch), cfg.milestones, cfg.lr_gamma, cfg.poly_power)
-            train_step.set_lr(cfg.lr * factor)
-            classifier.set_step(step)
-            result = train_step(micro_batches)
-            if not result.finite:
-                consecutive_bad += 1
-                log.info(f"step {step}: non-finite loss {result.loss} / gradient norm {result.grad_norm}: "
-                         f"step skipped ({consecutive_bad} in a row)")
-                log.event("nonfinite", step=step, loss=str(result.loss), grad_norm=str(result.grad_norm))
-                if consecutive_bad >= cfg.max_nonfinite_steps:
-                    log.info(f"stopping: {consecutive_bad} consecutive non-finite steps. Try a lower lr "
-                             "(--lr), warm-up (--warmup_epochs=1), gradient clipping (--clip_grad_norm=5), "
-                             "precision fp32 or bf16 instead of fp16, or a smaller margin/scale (--m, --s). "
-                             "The last checkpoint holds only finite weights.")
-                    raise SystemExit(3)
-                continue
-            consecutive_bad = 0
-            step += 1
+            lr = cfg.lr * lr_factor(state.step, cfg.schedule, total_steps, steps_per_epoch,
+                                    round(cfg.warmup_epochs * steps_per_epoch), cfg.milestones, cfg.lr_gamma,
+                                    cfg.poly_power)
+            train_step.set_lr(lr)
+            state.classifier.set_step(state.step)
+            result = train_step(micro_batches, frozen_backbone=state.step < cfg.freeze_backbone_steps)
+            state.step += 1
+            state.bad_records = bad_records.seen
             step_seconds = time.time() - step_start
             train_seconds += step_seconds
+            bar.update(1)
 
             # ---- log
-            window["loss"] += result.loss
-            window["accuracy"] += result.accuracy
-            window["grad_norm"] += result.grad_norm
-            window["steps"] += 1
+            if result.finite:
+                consecutive_bad = 0
+                for key, value in (("loss", result.loss), ("accuracy", result.accuracy), ("grad_norm", result.grad_norm)):
+                    window[key] += value
+                window["steps"] += 1
+                bar.set_postfix(epoch=epoch, loss=f"{result.loss:.3f}", acc=f"{result.accuracy:.3f}", lr=f"{lr:.2e}",
+                                img_s=f"{cfg.batch_size / step_seconds:.0f}")
+            else:
+                consecutive_bad += 1
+                log.info(f"step {state.step}: non-finite loss {result.loss} / gradient norm {result.grad_norm}: "
+                         f"no weight changed ({consecutive_bad} in a row)")
+                log.event("nonfinite", step=state.step, loss=str(result.loss), grad_norm=str(result.grad_norm))
             window["images"] += cfg.batch_size
             window["seconds"] += step_seconds
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{result.loss:.3f}", acc=f"{result.accuracy:.3f}",
-                            lr=f"{cfg.lr * factor:.2e}", img_s=f"{cfg.batch_size / step_seconds:.0f}")
-            if step % cfg.log_freq == 0 or step == total_steps:
+            if (state.step % cfg.log_freq == 0 or state.step == total_steps) and window["steps"]:
                 record = {"loss": window["loss"] / window["steps"], "train_accuracy": window["accuracy"] / window["steps"],
-                          "grad_norm": window["grad_norm"] / window["steps"], "lr": cfg.lr * factor,
+                          "grad_norm": window["grad_norm"] / window["steps"], "lr": lr,
                           "images_per_second": window["images"] / max(window["seconds"], 1e-9)}
-                log.event("train", step=step, epoch=epoch, **record)
-                log.curves(step, **record)
+                eta = (total_steps - state.step) * window["seconds"] / window["steps"]
+                log.info(f"step {state.step}/{total_steps} epoch {epoch} loss {record['loss']:.4f} train accuracy "
+                         f"{record['train_accuracy']:.4f} lr {lr:.3e} {record['images_per_second']:.0f} images/s "
+                         f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+                log.event("train", step=state.step, epoch=epoch, **record)
+                log.curves(state.step, **record)
                 window = new_log_window()
-            time_up = cfg.max_train_minutes > 0 and train_seconds >= 60 * cfg.max_train_minutes
-            end_of_run = step == total_steps or time_up
-            position = {"step": step, "epoch": epoch + (step_in_epoch + 1 == steps_per_epoch),
-                        "step_in_epoch": (step_in_epoch + 1) % steps_per_epoch}
-            # ---- evaluate and checkpoint
-            if (cfg.test_freq and step % cfg.test_freq == 0) or end_of_run:
-                if context.is_main and val_sets:
-                    latest = evaluate(backbone, val_sets, cfg, device, step, log, tracker)
+
+            # ---- why stop (every process agrees, so that all of them checkpoint at the same step)
+            signalled, time_up = any_process([stop_request.signal is not None,
+                                              cfg.max_train_minutes > 0 and train_seconds >= 60 * cfg.max_train_minutes],
+                                             context)
+            if signalled:
+                stop = stop_request.name or "signal"
+            elif consecutive_bad >= cfg.max_nonfinite_steps:
+                stop = "nonfinite"
+            elif state.step >= total_steps:
+                stop = "complete"
+            elif time_up:
+                stop = "time"
+
+            # ---- checkpoint, then evaluate
+            evaluate_now = bool(cfg.test_freq and state.step % cfg.test_freq == 0) or stop in ("complete", "time")
+            if (cfg.save_freq and state.step % cfg.save_freq == 0) or evaluate_now or stop is not None:
+                save("stop: " + stop if stop else "periodic")
+                saved_at = state.step
+            if evaluate_now and cfg.val_sets:
+                if context.is_main:
+                    latest = evaluate(state.backbone, val_sets, cfg, device, state.step, log, state.best_accuracy)
                 if context.enabled:
                     torch.distributed.barrier()
-            if (cfg.save_freq and step % cfg.save_freq == 0) or end_of_run:
-                checkpoint.save_run(run_dir, config_to_dict(cfg), context, backbone, classifier, aux_loss,
-                                    optimizers, scaler, position, tracker)
-                log.event("checkpoint", step=step)
-            if time_up:
-                log.info(f"stopping after {train_seconds:.0f} s of training steps (max_train_minutes)")
-                break
-        if step >= total_steps or time_up:
-            break
+                save("evaluated")  # again, now with the best accuracies of this evaluation
+
     bar.close()
-    summary = {"run_dir": run_dir, "steps": step, "train_seconds": round(train_seconds, 2),
-               "accuracy_at_start": accuracy_at_start, "accuracy": latest, "best_accuracy": tracker}
+    if stop == "nonfinite":
+        log.info(f"stopping: {consecutive_bad} consecutive non-finite steps. {NONFINITE_ADVICE}")
+    elif stop == "time":
+        log.info(f"stopping after {train_seconds:.0f} s of training steps (max_train_minutes)")
+    elif stop not in ("complete",):
+        log.info(f"stopped by {stop} at step {state.step}; checkpoint written: rerun the same command to resume")
+    summary = {"run_dir": run_dir, "steps": state.step, "train_seconds": round(train_seconds, 2),
+               "accuracy_at_start": accuracy_at_start, "accuracy": latest, "best_accuracy": state.best_accuracy,
+               "skipped_records": len(bad_records), "stopped": stop, "checkpoint_step": saved_at}
     log.event("summary", **summary)
     log.close()
     if context.enabled:
         torch.distributed.destroy_process_group()
+    if stop == "nonfinite":
+        raise SystemExit(3)
+    if stop not in ("complete", "time"):  # a signal: a scheduler sees the job as interrupted, not done
+        print(json.dumps(summary))
+        raise SystemExit(128 + stop_request.signal if stop_request.signal else 1)
     return summary
 
 
 if __name__ == "__main__":
     try:
         summary = main(sys.argv[1:])
-    except (DataFormatError, FileNotFoundError) as error:  # bad or missing data: one line, no traceback
-        sys.exit(f"error: {error}")
+    except UserError as error:  # bad input: one line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(error.exit_status)
     print(json.dumps(summary))

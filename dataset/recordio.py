@@ -211,6 +211,7 @@ class RecordDataset:
         else:
             self.keys = np.sort(keys)
         properties = read_property(property_path)
+        self.property_path = property_path
         self.num_classes = properties[0] if properties else None
 
     def __len__(self) -> int:
@@ -225,11 +226,16 @@ class RecordDataset:
         if getattr(self, "_fd", None) is not None and self._fd_pid == os.getpid():
             os.close(self._fd)
 
-    def _read_bytes(self, offset: int) -> bytes:
+    def _handle(self) -> int:
         if self._fd is None or self._fd_pid != os.getpid():
             self._fd = os.open(self.rec_path, os.O_RDONLY)
             self._fd_pid = os.getpid()
-        return os.pread(self._fd, self._end_of[offset] - offset, offset)
+        return self._fd
+
+    def _read_bytes(self, offset: int, limit: int | None = None) -> bytes:
+        """The record starting at `offset`, or its first `limit` bytes."""
+        size = self._end_of[offset] - offset
+        return os.pread(self._handle(), size if limit is None else min(size, limit), offset)
 
     def read_raw(self, key: int) -> tuple[float | np.ndarray, bytes]:
         """(label, payload bytes) of the record stored under `key`."""
@@ -264,11 +270,25 @@ class RecordDataset:
         raise DataFormatError(self.rec_path, "no readable image record in the pack")
 
     def labels(self) -> np.ndarray:
-        """The class of every image, read from the record headers only (no decoding)."""
+        """The class of every image, read from the record headers only (a 36-byte read per record,
+        no decoding); a label that is not a class index is a DataFormatError naming its record."""
         out = np.empty(len(self), dtype=np.int64)
+        head_size = _PIECE_HEAD.size + IR_HEADER.size + 4  # piece head, IRHeader, first label of an array
         for i, key in enumerate(self.keys.tolist()):
-            label, _ = self.read_raw(key)
-            out[i] = int(label if np.isscalar(label) else label[0])
+            offset = self._offset_of[key]
+            head = self._read_bytes(offset, head_size)
+            magic, lrec = _PIECE_HEAD.unpack_from(head) if len(head) >= 8 else (None, 0)
+            if magic == MAGIC and lrec >> 29 in (0, 1) and (lrec & _LENGTH_MASK) >= head_size - 8 \
+                    and len(head) == head_size:
+                flag, label, _, _ = IR_HEADER.unpack_from(head, _PIECE_HEAD.size)
+                if flag:
+                    label = struct.unpack_from("<f", head, _PIECE_HEAD.size + IR_HEADER.size)[0]
+            else:  # a short first piece, a magic word inside the header, a damaged record: the full read
+                label, _ = self.read_raw(key)
+                label = label if np.isscalar(label) else (label[0] if label.size else np.nan)
+            if not np.isfinite(label) or label < 0 or label != int(label):
+                raise DataFormatError(self.rec_path, f"label {label!r} is not a class index", f"record key {key}")
+            out[i] = int(label)
         return out
 
 

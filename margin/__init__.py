@@ -16,8 +16,6 @@ The papers behind each head are cited in its docstring.
 
 from __future__ import annotations
 
-import inspect
-
 from torch import nn
 
 from margin.adaptive import AdaFaceHead, MagFaceHead
@@ -39,19 +37,29 @@ MARGINS = {
 }
 
 
+def hyperparameter_value(name: str, value, kind: type):
+    """`value` cast to the `kind` a head declares for option `name` where that loses nothing (an int
+    for a float option; an integral float for an int option: SphereFace's m = 4.0 from the float
+    config field). Anything else is passed on unchanged for the head's constructor to judge."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _build(registry: dict, kind: str, name: str, args: tuple, hyper: dict) -> nn.Module:
     if name not in registry:
         raise ValueError(f"unknown {kind} {name!r}; valid names: {', '.join(sorted(registry))}")
-    constructor = registry[name]
-    # Everything after self and the positional sizes is a hyperparameter.
-    valid = list(inspect.signature(constructor.__init__).parameters)[1 + len(args):]
-    unknown = sorted(set(hyper) - set(valid))
+    declared = registry[name].HYPERPARAMETERS
+    unknown = sorted(set(hyper) - set(declared))
     if unknown:
         raise ValueError(
             f"unknown hyperparameter(s) {', '.join(unknown)} for {kind} {name!r}; "
-            f"valid: {', '.join(valid) if valid else '(none)'}"
+            f"valid: {', '.join(declared) if declared else '(none)'}"
         )
-    return constructor(*args, **hyper)
+    return registry[name](*args, **{key: hyperparameter_value(key, value, declared[key])
+                                    for key, value in hyper.items()})
 
 
 def build_margin(name: str, embedding_size: int, num_classes: int, **hyper) -> MarginHead:
@@ -80,4 +88,5 @@ __all__ = [
     "SphereFaceHead",
     "build_aux_loss",
     "build_margin",
+    "hyperparameter_value",
 ]

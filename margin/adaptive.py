@@ -121,6 +121,8 @@ class AdaFaceHead(MarginHead):
     Defaults ``s=64, m=0.4, h=0.333, momentum=0.01``.
     """
 
+    HYPERPARAMETERS = {"s": float, "m": float, "h": float, "momentum": float}
+
     def __init__(
         self,
         embedding_size: int,
@@ -179,6 +181,9 @@ class MagFaceHead(MarginHead):
     The paper's convexity condition lambda_g >= s*k*u_a^2*l_a^2/(u_a^2 - l_a^2), k the margin
     slope, is checked with a warning (22.6 for the defaults).
     """
+
+    HYPERPARAMETERS = {"s": float, "l_a": float, "u_a": float, "l_m": float, "u_m": float, "lambda_g": float,
+                       "easy_margin": bool}
 
     def __init__(
         self,

@@ -95,6 +95,8 @@ class CosFaceHead(MarginHead):
     Wang et al., CVPR 2018, Eq. 4.  Defaults ``s=64, m=0.35``.
     """
 
+    HYPERPARAMETERS = {"s": float, "m": float}
+
     def __init__(self, embedding_size: int, num_classes: int, s: float = 64.0, m: float = 0.35) -> None:
         super().__init__(embedding_size, num_classes)
         check_positive("s", s)
@@ -121,6 +123,8 @@ class CombinedMarginHead(MarginHead):
     cos(theta) - cos(theta*) - 1 with theta* = (pi - m2)/m1, which keeps it continuous and
     decreasing in theta; ``easy_margin=True`` instead applies the angular part only where cos > 0.
     """
+
+    HYPERPARAMETERS = {"s": float, "m1": float, "m2": float, "m3": float, "easy_margin": bool}
 
     def __init__(
         self,
@@ -164,6 +168,8 @@ class ArcFaceHead(CombinedMarginHead):
     ``easy_margin=True`` uses cos(theta_y + m) only where cos(theta_y) > 0 and cos(theta_y) elsewhere.
     """
 
+    HYPERPARAMETERS = {"s": float, "m": float, "easy_margin": bool}
+
     def __init__(
         self, embedding_size: int, num_classes: int, s: float = 64.0, m: float = 0.5, easy_margin: bool = False
     ) -> None:
@@ -189,6 +195,9 @@ class CurricularFaceHead(MarginHead):
     The paper's code marks hard negatives with the raw cos(theta_y + m); here the threshold is the
     margined target logit itself (the continued value once theta_y > pi - m), the paper's Eq. 9.
     """
+
+    HYPERPARAMETERS = {"s": float, "m": float, "momentum": float}
+    shares_target_cosine = True
 
     def __init__(
         self, embedding_size: int, num_classes: int, s: float = 64.0, m: float = 0.5, momentum: float = 0.01

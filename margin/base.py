@@ -151,13 +151,40 @@ def check_non_negative(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
+CLASS_BLOCK = 4096  # classes per independently seeded block of initial values
+
+
+@torch.no_grad()
+def fill_class_rows(values: torch.Tensor, first_class: int, seed: int, draw) -> None:
+    """Fill `values` (one row per class, for classes first_class, first_class + 1, ...) so that the
+    row of class i depends on (seed, i) only: a head split over any number of ranks starts exactly as
+    the whole head. `draw(generator, shape)` returns random values of `shape` on the CPU."""
+    rows = values.shape[0]
+    for block in range(first_class // CLASS_BLOCK, (first_class + rows - 1) // CLASS_BLOCK + 1):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + block)
+        drawn = draw(generator, (CLASS_BLOCK, *values.shape[1:]))
+        first, last = max(first_class, block * CLASS_BLOCK), min(first_class + rows, (block + 1) * CLASS_BLOCK)
+        values[first - first_class:last - first_class] = drawn[first - block * CLASS_BLOCK:last - block * CLASS_BLOCK]
+
+
 class MarginHead(nn.Module):
     """Base class of every head: owns ``weight [num_classes, embedding_size]``.
 
     The training loop computes
     ``loss = F.cross_entropy(head(x, y), y) + head.regularizer(x)`` and calls
     ``head.set_step(step)`` before each step; both hooks do nothing unless a head overrides them.
+
+    What a head declares for the code that builds and shards it:
+    ``HYPERPARAMETERS`` maps each constructor option to its type (build_margin checks and casts to it);
+    ``cosine_margin``: the head has ``margin_logits(cos, labels, norms)``, so a sharded head may
+    compute it on a sampled subset of class columns; ``shares_target_cosine``: its non-target logits
+    depend on the target cosine (``margin_logits(..., target_cos=)``, ``update_statistics``), which a
+    sharded head must then all-reduce.
     """
+
+    HYPERPARAMETERS: dict[str, type] = {}
+    cosine_margin = True
+    shares_target_cosine = False
 
     def __init__(self, embedding_size: int, num_classes: int) -> None:
         super().__init__()
@@ -167,8 +194,15 @@ class MarginHead(nn.Module):
         self.embedding_size = embedding_size
         self.num_classes = num_classes
         self.weight = nn.Parameter(torch.empty(num_classes, embedding_size))
-        # Only the direction of a class centre matters to the cosine heads; insightface's std.
-        nn.init.normal_(self.weight, std=0.01)
+        MarginHead.reset_parameters(self)  # subclasses with more parameters re-initialise in their own __init__
+
+    def reset_parameters(self, first_class: int = 0, seed: int | None = None) -> None:
+        """Initial class centres N(0, 0.01) (only their direction matters to a cosine head;
+        insightface's std); with `seed`, row i is drawn from (seed, first_class + i)."""
+        if seed is None:
+            nn.init.normal_(self.weight, std=0.01)
+        else:
+            fill_class_rows(self.weight, first_class, seed, lambda g, shape: torch.randn(shape, generator=g) * 0.01)
 
     def check_embeddings(self, embeddings: torch.Tensor) -> None:
         """Raise unless ``embeddings`` is a floating ``[B, embedding_size]`` tensor."""

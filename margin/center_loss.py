@@ -22,6 +22,8 @@ from margin.base import at_least_fp32, check_labels, check_positive
 
 
 class _CenterBase(nn.Module):
+    HYPERPARAMETERS: dict[str, type] = {}
+
     def __init__(self, num_classes: int, embedding_size: int) -> None:
         super().__init__()
         for name, value in (("num_classes", num_classes), ("embedding_size", embedding_size)):
@@ -68,6 +70,8 @@ class AgentCenterLoss(_CenterBase):
     one divides by B (a per-sample mean), so its ``scale`` is C times the old one for the same
     strength.  Defaults ``scale=1``; agents start as N(0, 1) draws (only their direction matters).
     """
+
+    HYPERPARAMETERS = {"scale": float}
 
     def __init__(self, num_classes: int, embedding_size: int, scale: float = 1.0) -> None:
         super().__init__(num_classes, embedding_size)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from margin.base import MarginHead, at_least_fp32, check_labels
+from margin.base import MarginHead, at_least_fp32, check_labels, fill_class_rows
 
 
 class SoftmaxHead(MarginHead):
@@ -24,17 +24,32 @@ class SoftmaxHead(MarginHead):
     ``labels`` are only checked (int64 ``[B]``, values in [-1, C)), never used.
     """
 
+    HYPERPARAMETERS = {"bias": bool}
+    cosine_margin = False
+
     def __init__(self, embedding_size: int, num_classes: int, bias: bool = False) -> None:
         super().__init__(embedding_size, num_classes)
         if not isinstance(bias, bool):
             raise ValueError(f"bias must be True or False, got {bias!r}")
-        # The raw inner product is sensitive to the weight scale, unlike the cosine heads, so use
-        # torch.nn.Linear's initialisation rather than the base class's std-0.01 normal.
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        self.bias = None
-        if bias:
-            bound = 1.0 / math.sqrt(embedding_size)
-            self.bias = nn.Parameter(torch.empty(num_classes).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(num_classes)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self, first_class: int = 0, seed: int | None = None) -> None:
+        """torch.nn.Linear's initialisation, U(-1/sqrt(D), 1/sqrt(D)) for weight and bias: the raw
+        inner product is sensitive to the weight scale, unlike the cosine heads. With `seed`, class
+        i's row (and bias) come from (seed, first_class + i), as in MarginHead."""
+        bound = 1.0 / math.sqrt(self.embedding_size)
+        if seed is None:
+            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # = U(-bound, bound)
+            if getattr(self, "bias", None) is not None:
+                nn.init.uniform_(self.bias, -bound, bound)
+            return
+
+        def uniform(generator, shape):
+            return torch.rand(shape, generator=generator) * (2 * bound) - bound
+        fill_class_rows(self.weight, first_class, seed, uniform)
+        if self.bias is not None:
+            fill_class_rows(self.bias, first_class, seed + 1, uniform)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.check_embeddings(embeddings)

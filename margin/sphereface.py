@@ -85,6 +85,8 @@ class SphereFaceHead(MarginHead):
     SphereFace prototxt).  The old repository's schedule is ``gamma=1e-4, power=2``.
     """
 
+    HYPERPARAMETERS = {"m": int, "lambda_base": float, "gamma": float, "power": float, "lambda_min": float}
+
     def __init__(
         self,
         embedding_size: int,

@@ -32,7 +32,7 @@ from backbone import BACKBONES, build_backbone  # noqa: E402
 from backbone.layers import DepthwiseConv2d, PReLU  # noqa: E402
 from config import Config  # noqa: E402
 from runtime import keep_freed_cpu_memory, positive_int  # noqa: E402
-from training.components import build_model, build_optimizers  # noqa: E402
+from training.components import build_train_state  # noqa: E402
 from training.distributed import DistributedContext  # noqa: E402
 from training.step import TrainStep  # noqa: E402
 
@@ -87,9 +87,8 @@ def our_step_rate(backbone_name, embedding_size, batch_size, num_classes, steps,
     cfg = Config(backbone=backbone_name, embedding_size=embedding_size, batch_size=batch_size, precision=precision,
                  compile=compile, s=32.0, m=0.5)
     context = DistributedContext()
-    backbone, classifier, aux = build_model(cfg, context, num_classes)
-    optimizers, scaler = build_optimizers(cfg, backbone, classifier, aux)
-    train_step = TrainStep(cfg, context, backbone, classifier, aux, optimizers, scaler)
+    state = build_train_state(cfg, context, num_classes)
+    train_step = TrainStep(cfg, context, state)
     generator = torch.Generator().manual_seed(0)
     batch = (torch.randint(0, 256, (batch_size, 3, 112, 112), dtype=torch.uint8, generator=generator),
              torch.randint(0, num_classes, (batch_size,), generator=generator))

@@ -1,11 +1,11 @@
-"""Checkpoints that survive crashes and restore a run exactly.
+"""A run's checkpoint files: written so that no crash, kill or full disk loses the last good one.
 
-`checkpoint.pt` holds the backbone, the head (gathered from its shards, so a run resumes on any number
-of GPUs), the optimizers (their per-class state gathered likewise), the GradScaler, the position
-(global step, epoch, step within the epoch), the RNG states of every rank and the config. It is
-written to a temporary file and renamed, so a crash while writing leaves the previous one intact.
-`backbone.pt` beside it is what the eval scripts load: {"backbone": name, "embedding_size": D,
-"state_dict": ...}. Loading uses torch.load(weights_only=True): a checkpoint can hold no code.
+`checkpoint.pt` is the latest TrainState (training/state.py) with the config; `checkpoint.prev.pt` the
+one before it, kept as a fallback; `backbone.pt` what the eval scripts load
+({"backbone": name, "embedding_size": D, "state_dict": ..., "config": ...}). Each is written to a
+temporary file, flushed to disk and renamed; the latest is renamed to the previous one only after
+its successor is safely written. Loading uses torch.load(weights_only=True): a checkpoint can hold
+no code.
 """
 
 import os
@@ -13,67 +13,60 @@ import os
 import torch
 
 from evaluation.model_loading import backbone_file
-from runtime import atomic_save
+from runtime import DataFormatError, atomic_save, load_torch_file
+
+from .state import CHECKPOINT_FORMAT
+
+LATEST, PREVIOUS, BACKBONE = "checkpoint.pt", "checkpoint.prev.pt", "backbone.pt"
+REQUIRED_KEYS = ("format", "backbone", "head", "optimizers", "scaler", "rng", "step", "config")
 
 
-def rng_state() -> dict:
-    """torch's generators: the only ones training draws from (dropout, head sampling). Shuffling and
-    flips are pure functions of (seed, epoch, index) and need no state (dataset/augment.py)."""
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
+def write_checkpoint(run_dir: str, content: dict, config: dict) -> None:
+    latest, previous = os.path.join(run_dir, LATEST), os.path.join(run_dir, PREVIOUS)
+    temporary = f"{latest}.tmp{os.getpid()}"
+    try:
+        torch.save({**content, "config": config}, temporary)
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        if os.path.exists(latest):
+            os.replace(latest, previous)
+        os.replace(temporary, latest)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    atomic_save(backbone_file(config["backbone"], config["embedding_size"], content["backbone"], config),
+                os.path.join(run_dir, BACKBONE))
 
 
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+def read_checkpoint(path: str) -> dict:
+    """A train.py checkpoint of this format, or DataFormatError naming the file."""
+    content = load_torch_file(path)
+    if not isinstance(content, dict) or any(key not in content for key in REQUIRED_KEYS):
+        if isinstance(content, dict) and "position" in content and "format" not in content:
+            raise DataFormatError(path, "a checkpoint of an earlier version of train.py (no 'format' entry); "
+                                        "start afresh, or keep its weights with --init_backbone=<its backbone.pt>")
+        raise DataFormatError(path, "not a train.py checkpoint (it lacks "
+                                    f"{', '.join(k for k in REQUIRED_KEYS if not isinstance(content, dict) or k not in content)})")
+    if content["format"] != CHECKPOINT_FORMAT:
+        raise DataFormatError(path, f"checkpoint format {content['format']!r}, this train.py reads {CHECKPOINT_FORMAT}")
+    return content
 
 
-def _map_optimizer_state(state: dict, rows) -> dict:
-    """An optimizer state_dict with `rows` applied to every tensor of every parameter's state."""
-    return {**state, "state": {index: {key: rows(value) if torch.is_tensor(value) else value
-                                       for key, value in entry.items()}
-                               for index, entry in state["state"].items()}}
-
-
-def save_run(run_dir, config: dict, context, backbone, classifier, aux_loss, optimizers: dict, scaler,
-             position: dict, best_accuracy: dict) -> None:
-    """checkpoint.pt and backbone.pt of a run. Every rank takes part (the head's shards and their
-    optimizer state are gathered into class order); rank 0 writes."""
-    optimizer_states = {}
-    for name, optimizer in optimizers.items():
-        state = optimizer.state_dict()
-        optimizer_states[name] = _map_optimizer_state(state, classifier.gather_rows) if name == "head" else state
-    head_state = classifier.full_state()
-    rng = [rng_state()]
-    if context.enabled:
-        rng = [None] * context.world
-        torch.distributed.all_gather_object(rng, rng_state())
-    if not context.is_main:
-        return
-    atomic_save({"backbone": backbone.state_dict(), "head": head_state,
-                 "aux_loss": aux_loss.state_dict() if aux_loss is not None else None,
-                 "optimizers": optimizer_states, "scaler": scaler.state_dict(), "rng": rng,
-                 "position": position, "best_accuracy": best_accuracy, "config": config},
-                os.path.join(run_dir, "checkpoint.pt"))
-    atomic_save(backbone_file(config["backbone"], config["embedding_size"], backbone.state_dict(), config),
-                os.path.join(run_dir, "backbone.pt"))
-
-
-def restore_run(state: dict, context, backbone, classifier, aux_loss, optimizers: dict, scaler) -> tuple[dict, dict]:
-    """Load a checkpoint.pt into freshly built modules (any number of processes); returns
-    (position, best accuracy per verification set). RNG states come back when the world size is
-    unchanged; otherwise each rank keeps its seed (only dropout and class sampling draw from them)."""
-    backbone.load_state_dict(state["backbone"])
-    classifier.load_full_state(state["head"])
-    if aux_loss is not None:
-        aux_loss.load_state_dict(state["aux_loss"])
-    for name, optimizer in optimizers.items():
-        saved = state["optimizers"][name]
-        optimizer.load_state_dict(_map_optimizer_state(saved, classifier.local_rows) if name == "head" else saved)
-    scaler.load_state_dict(state["scaler"])
-    if len(state["rng"]) == context.world:
-        set_rng_state(state["rng"][context.rank])
-    return state["position"], state["best_accuracy"]
+def find_checkpoint(run_dir: str, explicit: str = "") -> tuple[dict | None, str | None, str | None]:
+    """(content, the file it came from, a note) of what a run resumes from: `explicit` (--resume) or the
+    run folder's latest checkpoint, falling back to the previous one when the latest cannot be read.
+    (None, None, None) when the run folder holds neither."""
+    if explicit:
+        return read_checkpoint(explicit), explicit, None
+    latest, previous = os.path.join(run_dir, LATEST), os.path.join(run_dir, PREVIOUS)
+    if os.path.exists(latest):
+        try:
+            return read_checkpoint(latest), latest, None
+        except DataFormatError as error:
+            if not os.path.exists(previous):
+                raise
+            note = f"{latest} cannot be read ({error.problem}); resuming from {previous}"
+            return read_checkpoint(previous), previous, note
+    if os.path.exists(previous):  # a crash between the two renames of write_checkpoint
+        return read_checkpoint(previous), previous, f"{latest} is missing; resuming from {previous}"
+    return None, None, None

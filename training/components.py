@@ -1,15 +1,18 @@
 """Building what a run trains from its Config: backbone, classifier (replicated or sharded head),
 auxiliary loss, optimizers and GradScaler. Used by train.py and tools/benchmark.py alike."""
 
-import inspect
+import os
+import time
 
 import torch
 
 from backbone import build_backbone
-from runtime import PRECISIONS
+from evaluation.model_loading import CheckpointError, check_fit, read_checkpoint
+from runtime import UsageError
 from margin import MARGINS, build_aux_loss, build_margin
 
 from .distributed import DistributedContext, ShardedClassifier
+from .state import TrainState
 
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -31,22 +34,43 @@ def build_optimizer(module: torch.nn.Module, cfg) -> torch.optim.Optimizer:
 
 
 def head_hyperparameters(cfg) -> dict:
-    """s and m for the heads that take them (softmax takes neither), then head_options."""
-    if cfg.head not in MARGINS:
-        raise ValueError(f"unknown head {cfg.head!r}; valid: {', '.join(sorted(MARGINS))}")
-    accepted = inspect.signature(MARGINS[cfg.head]).parameters
-    hyper = {key: getattr(cfg, key) for key in ("s", "m") if key in accepted}
-    if "m" in hyper and accepted["m"].annotation in (int, "int") and float(hyper["m"]).is_integer():
-        hyper["m"] = int(hyper["m"])  # SphereFace's multiplicative margin is an integer
-    return {**hyper, **cfg.head_options}
+    """The config's s and m for the heads that declare them (softmax takes neither), then head_options."""
+    declared = MARGINS[cfg.head].HYPERPARAMETERS
+    return {**{key: getattr(cfg, key) for key in ("s", "m") if key in declared}, **cfg.head_options}
+
+
+def build_backbone_for(cfg) -> torch.nn.Module:
+    """The config's backbone, with the options it sets (on the CPU, not yet laid out)."""
+    options = {"dropout": cfg.dropout} if cfg.dropout else {}
+    if cfg.grad_checkpoint:
+        options["grad_checkpoint"] = True
+    return build_backbone(cfg.backbone, cfg.embedding_size, **options)
+
+
+def read_initial_backbone(cfg) -> tuple[dict, str]:
+    """(state_dict, description of its origin) of `init_backbone`: a backbone.pt, a train.py
+    checkpoint.pt or a (converted) state_dict, checked to fit the config's backbone exactly (on the
+    meta device: no memory, no time) before anything is built."""
+    path = cfg.init_backbone
+    try:
+        state_dict, stored_name, stored_size = read_checkpoint(path)
+        for key, stored, wanted in (("backbone", stored_name, cfg.backbone), ("embedding_size", stored_size,
+                                                                              cfg.embedding_size)):
+            if stored is not None and stored != wanted:
+                raise CheckpointError(path, f"holds {key} {stored!r}, but the config says {wanted!r}")
+        with torch.device("meta"):
+            skeleton = build_backbone_for(cfg)
+        check_fit(state_dict, skeleton, path, f"backbone {cfg.backbone} with embedding size {cfg.embedding_size}")
+    except CheckpointError as error:
+        raise UsageError(f"init_backbone: {error}") from None
+    stat = os.stat(path)
+    return state_dict, f"{os.path.abspath(path)} ({stat.st_size} bytes, modified " \
+                       f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(stat.st_mtime))})"
 
 
 def build_model(cfg, context: DistributedContext, num_classes: int):
     """(backbone, classifier, aux_loss or None) on the context's device."""
-    if cfg.precision not in PRECISIONS:
-        raise ValueError(f"precision={cfg.precision!r}; valid: {', '.join(PRECISIONS)}")
-    options = {"dropout": cfg.dropout} if cfg.dropout else {}
-    backbone = build_backbone(cfg.backbone, cfg.embedding_size, **options)
+    backbone = build_backbone_for(cfg)
     if cfg.sync_bn and context.enabled:
         backbone = torch.nn.SyncBatchNorm.convert_sync_batchnorm(backbone)
     layout = torch.channels_last if cfg.channels_last else torch.preserve_format
@@ -67,3 +91,10 @@ def build_optimizers(cfg, backbone, classifier, aux_loss) -> tuple[dict, torch.a
         optimizers["aux"] = torch.optim.SGD(aux_loss.parameters(), lr=cfg.aux_lr)
     device_type = next(backbone.parameters()).device.type
     return optimizers, torch.amp.GradScaler(device_type, enabled=cfg.precision == "fp16")
+
+
+def build_train_state(cfg, context: DistributedContext, num_classes: int) -> TrainState:
+    """A fresh TrainState for the config: modules on the context's device, their optimizers, the scaler."""
+    backbone, classifier, aux_loss = build_model(cfg, context, num_classes)
+    optimizers, scaler = build_optimizers(cfg, backbone, classifier, aux_loss)
+    return TrainState(backbone, classifier, aux_loss, optimizers, scaler)

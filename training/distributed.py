@@ -11,7 +11,6 @@ so the loss equals the unsharded cross-entropy while no rank ever holds [B, C]. 
 each rank keeps, per step, its classes present in the batch plus a random subset of the others.
 """
 
-import inspect
 import os
 from dataclasses import dataclass
 
@@ -118,21 +117,6 @@ class _ShardedCrossEntropy(torch.autograd.Function):
         return grad * (grad_loss / grad.shape[0]), None
 
 
-_INIT_BLOCK = 4096  # classes per independently seeded block of initial centres
-
-
-@torch.no_grad()
-def init_class_centres(weight: torch.Tensor, start: int, seed: int, std: float = 0.01) -> None:
-    """N(0, std) initial centres for classes [start, start + rows), where class i's values depend on
-    (seed, i) only: any sharding, and one process, start from the same head."""
-    rows = weight.shape[0]
-    for block in range(start // _INIT_BLOCK, (start + rows - 1) // _INIT_BLOCK + 1):
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + block)
-        values = torch.randn(_INIT_BLOCK, weight.shape[1], generator=generator) * std
-        first, last = max(start, block * _INIT_BLOCK), min(start + rows, (block + 1) * _INIT_BLOCK)
-        weight[first - start:last - start] = values[first - block * _INIT_BLOCK:last - block * _INIT_BLOCK]
-
-
 def shard_range(num_classes: int, rank: int, world: int) -> tuple[int, int]:
     """[start, end) of the classes rank `rank` holds: contiguous, sizes differ by at most one."""
     return num_classes * rank // world, num_classes * (rank + 1) // world
@@ -151,8 +135,8 @@ class ShardedClassifier(nn.Module):
         self.start, self.end = shard_range(num_classes, context.rank, context.world)
         self.num_classes = num_classes
         self.head = make_head(self.end - self.start)
-        init_class_centres(self.head.weight, self.start, seed)
-        if sample_rate < 1.0 and not hasattr(self.head, "margin_logits"):
+        self.head.reset_parameters(self.start, seed)  # the head's own initialisation, seeded per class
+        if sample_rate < 1.0 and not self.head.cosine_margin:
             raise ValueError(f"sample_rate < 1 needs a cosine margin head; {type(self.head).__name__} has none")
         if not 0.0 < sample_rate <= 1.0:
             raise ValueError(f"sample_rate={sample_rate} must lie in (0, 1]")
@@ -205,8 +189,7 @@ class ShardedClassifier(nn.Module):
         local_labels = torch.where(on_shard, labels - self.start, torch.full_like(labels, -1))
         if self.sample_rate < 1.0:
             logits, local_labels = self._sampled_logits(all_embeddings, local_labels)
-        elif self.context.enabled and hasattr(self.head, "update_statistics") and \
-                "target_cos" in inspect.signature(self.head.margin_logits).parameters:
+        elif self.context.enabled and self.head.shares_target_cosine:
             logits = self._logits_with_global_targets(all_embeddings, local_labels)
         else:
             logits = self.head(all_embeddings, local_labels)

@@ -1,10 +1,10 @@
 """One optimizer step: the hot loop of train.py, also timed by tools/benchmark.py.
 
-Precision and device are decided here and nowhere else: inputs are normalised on the device,
-laid out channels_last if asked, the forward runs under bf16/fp16 autocast (the margin math itself
-runs in fp32 inside the heads), fp16 goes through a GradScaler. The backbone (and the head when it is
-replicated) run under DDP across processes; micro-batches of a gradient-accumulation step skip
-DDP's all-reduce except the last.
+Inputs are normalised on the device and laid out channels_last if asked; the forward runs under the
+run's autocast (runtime.autocast_context; the margin math itself runs in fp32 inside the heads), fp16
+goes through a GradScaler. The backbone (and the head when it is replicated) run under DDP across
+processes; micro-batches of a gradient-accumulation step skip DDP's all-reduce except the last.
+With `frozen_backbone` the backbone runs in eval mode without gradients and only the head learns.
 """
 
 import contextlib
@@ -29,9 +29,10 @@ class StepResult:
 
 
 class TrainStep:
-    def __init__(self, cfg, context, backbone, classifier, aux_loss, optimizers: dict, scaler):
+    def __init__(self, cfg, context, state):
         self.cfg, self.context = cfg, context
-        self.backbone, self.classifier, self.optimizers, self.scaler = backbone, classifier, optimizers, scaler
+        backbone, classifier, aux_loss = state.backbone, state.classifier, state.aux_loss
+        self.backbone, self.classifier, self.optimizers, self.scaler = backbone, classifier, state.optimizers, state.scaler
         wrap = (lambda m: DistributedDataParallel(m, device_ids=[context.device.index]
                                                   if context.device.type == "cuda" else None)) \
             if context.enabled else (lambda m: m)
@@ -41,12 +42,16 @@ class TrainStep:
         self.ddp_modules = [m for m in (self.train_backbone, self.train_classifier, self.train_aux)
                             if isinstance(m, DistributedDataParallel)]
         self.clipped = [p for m in (backbone, classifier) for p in m.parameters()]
+        # Running statistics (BatchNorm, AdaFace's norm EMA, CurricularFace's t) change in the forward
+        # pass: a skipped step puts them back, so that it changes no state at all.
+        self.statistics = [b for m in (backbone, classifier, aux_loss) if m is not None for b in m.buffers()]
 
     def set_lr(self, lr: float) -> None:
-        """The schedule drives the backbone and the head; auxiliary centres keep their own lr."""
-        for name in ("backbone", "head"):
+        """The schedule drives the head at `lr` and the backbone at lr x backbone_lr_scale; auxiliary
+        centres keep their own lr."""
+        for name, scale in (("backbone", self.cfg.backbone_lr_scale), ("head", 1.0)):
             for group in self.optimizers[name].param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * scale
 
     def _grad_norm(self) -> torch.Tensor:
         squares = []
@@ -58,12 +63,20 @@ class TrainStep:
             squares.append(square)
         return torch.stack(squares).sum().sqrt()
 
-    def __call__(self, micro_batches) -> StepResult:
+    def _embed(self, images: torch.Tensor, frozen: bool) -> torch.Tensor:
+        if not frozen:
+            return self.train_backbone(images).float()
+        with torch.no_grad():
+            return self.backbone(images).float()
+
+    def __call__(self, micro_batches, frozen_backbone: bool = False) -> StepResult:
         cfg, device = self.cfg, self.context.device
+        self.backbone.train(not frozen_backbone)
+        statistics_before = [b.clone() for b in self.statistics]
         step_loss = torch.zeros((), device=device)
         step_accuracy = torch.zeros((), device=device)
         for micro in range(cfg.grad_accum):
-            images, labels = next(micro_batches)
+            images, labels, *_ = next(micro_batches)  # a loader of TrainingView also yields bad-record reports
             images = normalize_images(images.to(device, non_blocking=True))
             if cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -73,7 +86,7 @@ class TrainStep:
                     for module in self.ddp_modules:
                         stack.enter_context(module.no_sync())
                 with autocast_context(device, cfg.precision):
-                    embeddings = self.train_backbone(images).float()
+                    embeddings = self._embed(images, frozen_backbone)
                     loss, accuracy = self.train_classifier(embeddings, labels)
                     total = loss + self.classifier.head.regularizer(embeddings)
                     if self.train_aux is not None:
@@ -84,7 +97,9 @@ class TrainStep:
         step_loss = all_reduce_mean(step_loss, self.context)
         step_accuracy = all_reduce_mean(step_accuracy, self.context)
 
-        for optimizer in self.optimizers.values():
+        stepped = {name: optimizer for name, optimizer in self.optimizers.items()
+                   if not (frozen_backbone and name == "backbone")}
+        for optimizer in stepped.values():
             self.scaler.unscale_(optimizer)
         grad_norm = self._grad_norm()
         loss_value, norm_value = step_loss.item(), grad_norm.item()
@@ -93,8 +108,11 @@ class TrainStep:
         if finite:
             if cfg.clip_grad_norm > 0:
                 torch.nn.utils.clip_grads_with_norm_(self.clipped, cfg.clip_grad_norm, grad_norm)
-            for optimizer in self.optimizers.values():
+            for optimizer in stepped.values():
                 self.scaler.step(optimizer)
+        else:
+            for buffer, before in zip(self.statistics, statistics_before):
+                buffer.copy_(before)
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
         self.scaler.update()
