@@ -7,10 +7,12 @@ from .align import ARCFACE_TEMPLATE, align_face, five_points, similarity_transfo
 from .augment import TrainingView, flip_coin, normalize_images
 from .errors import DataFormatError
 from .image_codec import decode_image, encode_image, read_image_file
-from .image_list import (ImageListDataset, load_pair_images, read_image_list, read_lfw_pairs,
-                         read_pair_list, read_pairs, scan_image_folder, write_image_list, write_pair_list)
+from .image_list import (ImageListDataset, image_files, read_image_list, read_lfw_pairs, read_pair_list,
+                         read_pairs, read_text_lines, scan_image_folder, scan_image_tree, write_image_list,
+                         write_pair_list)
+from .image_sequence import ImageSequence
 from .recordio import RecordDataset, RecordWriter, read_property, write_record_pack
-from .verification_bin import EncodedImages, load_bin, open_bin, read_bin_payloads, write_bin
+from .verification_bin import load_bin, open_bin, read_bin_payloads, write_bin
 
 
 def open_training_set(path, root: str = "", skip_corrupt: bool = False):

@@ -15,20 +15,25 @@ import numpy as np
 
 from .errors import DataFormatError
 from .image_codec import check_size, check_size_policy, read_image_file
+from .image_sequence import ImageSequence
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
-def _read_lines(path):
-    """(line number, stripped text) of the non-empty lines of a text file."""
+def read_text_lines(path, what: str = "list file") -> list[str]:
+    """The lines of a UTF-8 text file; a DataFormatError says '<what> not found' or names the bad byte."""
     try:
         with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
+            return handle.read().splitlines()
     except FileNotFoundError:
-        raise DataFormatError(path, "list file not found") from None
+        raise DataFormatError(path, f"{what} not found") from None
     except UnicodeDecodeError as error:
         raise DataFormatError(path, f"not a UTF-8 text list ({error.reason} at byte {error.start})") from None
-    return [(number, line.strip()) for number, line in enumerate(lines, 1) if line.strip()]
+
+
+def _read_lines(path):
+    """(line number, stripped text) of the non-empty lines of a text file."""
+    return [(number, line.strip()) for number, line in enumerate(read_text_lines(path), 1) if line.strip()]
 
 
 def read_image_list(list_path) -> tuple[list[str], np.ndarray]:
@@ -51,20 +56,52 @@ def read_image_list(list_path) -> tuple[list[str], np.ndarray]:
     return paths, np.asarray(labels, dtype=np.int64)
 
 
-def scan_image_folder(root) -> tuple[list[str], np.ndarray, list[str]]:
-    """(relative paths, labels, identity names) of a folder with one sub-folder per identity."""
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _check_folder(root) -> None:
     if not os.path.isdir(root):
         raise DataFormatError(root, "image folder not found")
+
+
+def scan_image_folder(root) -> tuple[list[str], np.ndarray, list[str]]:
+    """(relative paths, labels, identity names) of a folder with one sub-folder per identity."""
+    _check_folder(root)
     identities = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
     paths, labels = [], []
     for label, identity in enumerate(identities):
         for name in sorted(os.listdir(os.path.join(root, identity))):
-            if name.lower().endswith(IMAGE_EXTENSIONS):
+            if _is_image(name):
                 paths.append(f"{identity}/{name}")
                 labels.append(label)
     if not paths:
         raise DataFormatError(root, f"no images ({', '.join(IMAGE_EXTENSIONS)}) in identity sub-folders")
     return paths, np.asarray(labels, dtype=np.int64), identities
+
+
+def scan_image_tree(root) -> list[str]:
+    """Relative '/'-separated paths of every image anywhere under `root` (no labels), sorted."""
+    _check_folder(root)
+    found = []
+    for folder, _, names in os.walk(root):
+        relative = os.path.relpath(folder, root).replace(os.sep, "/")
+        found += [name if relative == "." else f"{relative}/{name}" for name in names if _is_image(name)]
+    if not found:
+        raise DataFormatError(root, f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the folder tree")
+    return sorted(found)
+
+
+def image_files(root, relative_paths, listed_in, on_size_mismatch: str = "error") -> ImageSequence:
+    """The image files under `root`, in the order given, as an ImageSequence. Every file must exist:
+    the first missing one is an error naming `listed_in` (where the paths came from) before anything
+    is decoded, not minutes into an extraction."""
+    paths = [os.path.join(root, relative) for relative in relative_paths]
+    missing = [path for path in paths if not os.path.isfile(path)]
+    if missing:
+        raise DataFormatError(missing[0], f"image file listed in {listed_in} not found "
+                                          f"({len(missing)} of {len(paths)} images are missing)")
+    return ImageSequence(paths, read_image_file, on_size_mismatch=on_size_mismatch)
 
 
 class ImageListDataset:
@@ -151,16 +188,6 @@ def read_pairs(pairs_path) -> tuple[list[tuple[str, str]], np.ndarray]:
     if len(first) in (2, 4) or (len(first) == 3 and first[1].isdigit()):
         return read_lfw_pairs(pairs_path)
     return read_pair_list(pairs_path)
-
-
-def load_pair_images(root, pairs, on_size_mismatch: str = "error") -> np.ndarray:
-    """Images of a pair list, in the .bin order (pair i is rows 2i and 2i+1): uint8 [2N,112,112,3]."""
-    images = np.empty((2 * len(pairs), 112, 112, 3), dtype=np.uint8)
-    for i, pair in enumerate(pairs):
-        for side, relative in enumerate(pair):
-            path = os.path.join(root, relative)
-            images[2 * i + side] = check_size(read_image_file(path), on_size_mismatch, path, "whole file")
-    return images
 
 
 def write_image_list(list_path, paths, labels) -> None:

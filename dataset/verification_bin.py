@@ -11,12 +11,14 @@ of it runs. Files written by Python 2 store the images as `str`; `encoding='byte
 import io
 import os
 import pickle
+from functools import partial
 
 import numpy as np
 from tqdm import tqdm
 
 from .errors import DataFormatError
-from .image_codec import check_size, check_size_policy, decode_image, encode_image
+from .image_codec import decode_image, encode_image
+from .image_sequence import ImageSequence
 
 # What numpy needs to rebuild a (bool) array or scalar, under its numpy 1 and numpy 2 module names.
 _ALLOWED_GLOBALS = {
@@ -77,33 +79,25 @@ def read_bin_payloads(path) -> tuple[list[bytes], np.ndarray]:
     return payloads, issame.astype(bool)
 
 
-class EncodedImages:
-    """The images of a .bin kept JPEG-encoded (about 40 MB for LFW instead of 450 MB decoded) and
-    decoded a slice at a time: `images[i:j] -> uint8 [j-i,112,112,3]`."""
-
-    def __init__(self, payloads: list[bytes], path, on_size_mismatch: str = "error"):
-        check_size_policy(on_size_mismatch)
-        self.payloads = payloads
-        self.path = path
-        self.on_size_mismatch = on_size_mismatch
-
-    def __len__(self) -> int:
-        return len(self.payloads)
-
-    def __getitem__(self, items: slice) -> np.ndarray:
-        indices = range(len(self))[items]
-        out = np.empty((len(indices), 112, 112, 3), dtype=np.uint8)
-        for row, i in enumerate(indices):
-            where = f"image {i} (pair {i // 2})"
-            out[row] = check_size(decode_image(self.payloads[i], self.path, where), self.on_size_mismatch,
-                                  self.path, where)
-        return out
+def _where(index: int) -> str:
+    return f"image {index} (pair {index // 2})"
 
 
-def open_bin(path, on_size_mismatch: str = "error") -> tuple[EncodedImages, np.ndarray]:
-    """A verification .bin -> (EncodedImages decoded on demand, issame bool [N])."""
+def _decode_payload(payloads: list, path, index: int) -> np.ndarray:
+    return decode_image(payloads[index], path, _where(index))
+
+
+def _bin_location(path, index: int) -> tuple:
+    return path, _where(index)
+
+
+def open_bin(path, on_size_mismatch: str = "error") -> tuple[ImageSequence, np.ndarray]:
+    """A verification .bin -> (its images as an ImageSequence, issame bool [N]). The images stay
+    JPEG-encoded in memory, a fraction of their decoded size, and are decoded a slice at a time."""
     payloads, issame = read_bin_payloads(path)
-    return EncodedImages(payloads, path, on_size_mismatch), issame
+    images = ImageSequence(range(len(payloads)), partial(_decode_payload, payloads, path),
+                           partial(_bin_location, path), on_size_mismatch)
+    return images, issame
 
 
 def load_bin(path, on_size_mismatch: str = "error", progress: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -1,30 +1,22 @@
-"""Command-line glue of the eval scripts: the model arguments they share, device choice, feature
-files, the resumable feature store of eval_megaface.py, and the one implementation behind
-eval_lfw.py, eval_agedb30.py and eval_cfp.py.
+"""Command-line glue of the eval scripts: the model arguments they share, device choice, and the one
+implementation behind eval_lfw.py, eval_agedb30.py and eval_cfp.py (eval_megaface.py's is
+evaluation/megaface_cli.py).
 
 A verification run reads pairs from one source -- an insightface .bin (decoded a slice at a time),
 an image folder with a pair list (LFW ``pairs.txt`` or ``left right flag`` lines), or a features
 .npz -- extracts embeddings of every image and of its mirror image (evaluation.features), scores them
-with evaluation.verification under the insightface or the seed protocol, writes the ROC as a PNG and
-prints a table, or one JSON object with --json.
+with evaluation.verification under the insightface or the seed protocol, writes the ROC as a PNG
+beside the checkpoint (or beside the features file) unless --roc says otherwise, and prints a table,
+or one JSON object with --json.
 
 The features .npz holds ``embeddings`` float [2N, D] (pair i is rows 2i and 2i+1), optionally
 ``embeddings_flip`` float [2N, D] (the mirrored images) and ``issame`` bool [N]; --save-features
 writes it and --features reads it back, so a model's features can be scored again without it.
-
-The feature store (for sets too large to extract in one go, such as MegaFace's million distractors)
-keeps, per image set KIND in its folder: KIND.npy, a float32 [N, D] array written through a memory
-map, one chunk of images at a time; KIND_paths.txt, the image paths; and KIND_progress.json, what the
-features depend on (checkpoint file, network, flip, precision, chunk size, image list) and which
-chunks are finished. A chunk's rows are flushed to the file before the record names it, so an
-interrupted run loses at most the chunk it was computing, and a rerun computes only what is missing.
-A store made under other settings is refused rather than mixed in.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -32,21 +24,20 @@ import sys
 import numpy as np
 import torch
 
-from backbone import BACKBONES
 import runtime
-from dataset import DataFormatError, open_bin, read_image_file, read_pairs
-from runtime import (DEVICES, PRECISIONS, UsageError, keep_freed_cpu_memory, l2_normalize, positive_int, run_cli,
-                     save_npz)
-from dataset.image_codec import check_size
+from backbone import BACKBONES
+from dataset import DataFormatError, ImageSequence, image_files, open_bin, read_pairs
+from runtime import DEVICES, PRECISIONS, UsageError, keep_freed_cpu_memory, positive_int, run_cli, save_npz
 
 from .features import extract_embeddings
 from .model_loading import load_backbone
+from .npz_files import check_float_matrix, open_npz
 from .verification import PROTOCOLS, evaluate_verification
 
 N_FOLDS = 10
 
 
-# ---------------------------------------------------------------- pieces shared with eval_megaface.py
+# ---------------------------------------------------------------- pieces shared with megaface_cli.py
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model (not used with --features)")
@@ -85,75 +76,25 @@ def resolve_device(parser, name: str) -> torch.device:
     return device
 
 
+def beside_input(args, name: str) -> str:
+    """`name` in the folder of the checkpoint (its run folder) or, without one, of the features file:
+    results land beside what they were computed from, never in the repository."""
+    return os.path.join(os.path.dirname(args.checkpoint if args.checkpoint is not None else args.features), name)
+
+
 def load_model(args, device):
     """(model, name, embedding size) from --checkpoint/--backbone/--embedding-size."""
     return load_backbone(args.checkpoint, args.backbone, args.embedding_size, device)
 
 
-def open_npz(path, required: tuple, optional: tuple = ()) -> dict:
-    """{key: array} of an .npz; DataFormatError naming the file for anything missing or unreadable."""
-    if not os.path.isfile(path):
-        raise DataFormatError(path, "features file not found")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            keys = set(archive.files)
-            missing = [key for key in required if key not in keys]
-            if missing:
-                raise DataFormatError(path, f"no array {', '.join(missing)} in the archive (it holds "
-                                            f"{', '.join(sorted(keys)) or 'nothing'}; needed: {', '.join(required)})")
-            return {key: archive[key] for key in required + optional if key in keys}
-    except DataFormatError:
-        raise
-    except Exception as error:  # np.load raises several types for non-zip or damaged files
-        raise DataFormatError(path, f"not a readable .npz archive ({type(error).__name__}: {error})") from None
+# ---------------------------------------------------------------- verification data sources
 
-
-def check_float_matrix(path, key, array, rows: int | None = None) -> np.ndarray:
-    if not np.issubdtype(array.dtype, np.floating) or array.ndim != 2 or array.shape[1] < 1:
-        raise DataFormatError(path, f"{key} must be a float [rows, D] array, got dtype {array.dtype} "
-                                    f"shape {array.shape}")
-    if rows is not None and array.shape[0] != rows:
-        raise DataFormatError(path, f"{key} has {array.shape[0]} rows, expected {rows}")
-    bad = np.nonzero(~np.isfinite(array).all(axis=1))[0]
-    if bad.size:
-        raise DataFormatError(path, f"{key} row {int(bad[0])} holds a NaN or infinite value")
-    return array
-
-
-# ---------------------------------------------------------------- image and feature sources
-
-class ImageFiles:
-    """Image files under `root`, read a slice at a time: `images[i:j] -> uint8 [j-i,112,112,3]` RGB."""
-
-    def __init__(self, root, relative_paths):
-        self.paths = [os.path.join(root, relative) for relative in relative_paths]
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, items: slice) -> np.ndarray:
-        paths = self.paths[items]
-        out = np.empty((len(paths), 112, 112, 3), dtype=np.uint8)
-        for row, path in enumerate(paths):
-            out[row] = check_size(read_image_file(path), "error", path, "whole file")
-        return out
-
-    def check_exist(self, listed_in) -> None:
-        """Fail on the first missing file before any feature is extracted, not minutes into it."""
-        missing = [path for path in self.paths if not os.path.isfile(path)]
-        if missing:
-            raise DataFormatError(missing[0], f"image file listed in {listed_in} not found "
-                                              f"({len(missing)} of {len(self.paths)} images are missing)")
-
-
-def open_image_pairs(root, pairs_path) -> tuple[ImageFiles, np.ndarray]:
+def open_image_pairs(root, pairs_path) -> tuple[ImageSequence, np.ndarray]:
     """(images in .bin order, pair i being items 2i and 2i+1; issame) of a folder and a pair list."""
     if not os.path.isdir(root):
         raise DataFormatError(root, "image folder not found")
     pairs, issame = read_pairs(pairs_path)
-    images = ImageFiles(root, [relative for pair in pairs for relative in pair])
-    images.check_exist(pairs_path)
-    return images, issame
+    return image_files(root, [relative for pair in pairs for relative in pair], pairs_path), issame
 
 
 def load_verification_features(path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
@@ -170,83 +111,6 @@ def load_verification_features(path) -> tuple[np.ndarray, np.ndarray | None, np.
         if flipped.shape != embeddings.shape:
             raise DataFormatError(path, f"embeddings_flip has shape {flipped.shape}, embeddings {embeddings.shape}")
     return embeddings, flipped, issame.astype(bool)
-
-
-# ---------------------------------------------------------------- resumable feature store
-
-def run_identity(args, backbone: str, embedding_size: int, relative_paths: list) -> dict:
-    """What the stored features depend on; a store made under another identity is never reused."""
-    stat = os.stat(args.checkpoint)
-    return {"checkpoint": os.path.abspath(args.checkpoint), "checkpoint_bytes": stat.st_size,
-            "checkpoint_mtime_ns": stat.st_mtime_ns, "backbone": backbone, "embedding_size": embedding_size,
-            "flip": not args.no_flip, "precision": args.precision, "chunk_size": args.chunk_size,
-            "images": len(relative_paths), "paths_sha1": hashlib.sha1("\n".join(relative_paths).encode()).hexdigest()}
-
-
-def write_progress(path, identity: dict, done: set, n_chunks: int) -> None:
-    temporary = f"{path}.partial"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump({"run": identity, "done": sorted(done), "complete": len(done) == n_chunks}, handle, indent=1)
-    os.replace(temporary, path)
-
-
-def open_store(folder, kind: str, identity: dict, dim: int, relative_paths: list) -> tuple[np.ndarray, set]:
-    """(the [N, D] float32 memory map, finished chunk numbers), created empty or reopened."""
-    array_path = os.path.join(folder, f"{kind}.npy")
-    progress_path = os.path.join(folder, f"{kind}_progress.json")
-    if os.path.exists(progress_path) and os.path.exists(array_path):
-        try:
-            with open(progress_path, encoding="utf-8") as handle:
-                progress = json.load(handle)
-            stored, done = progress["run"], set(progress["done"])
-        except (ValueError, KeyError, TypeError) as error:
-            raise DataFormatError(progress_path, f"unreadable progress record ({error}); delete the folder") from None
-        differing = [f"{key} was {stored.get(key)!r}, now {value!r}" for key, value in identity.items()
-                     if stored.get(key) != value]
-        if differing:
-            raise DataFormatError(progress_path, f"holds {kind} features of another run ({'; '.join(differing[:3])}):"
-                                                 " pass another --feature-dir or delete this one")
-        features = np.lib.format.open_memmap(array_path, mode="r+")
-        if features.shape != (len(relative_paths), dim) or features.dtype != np.float32:
-            raise DataFormatError(array_path, f"holds {features.dtype} {features.shape}, expected float32 "
-                                              f"{(len(relative_paths), dim)}; delete the folder")
-        return features, done
-    os.makedirs(folder, exist_ok=True)
-    features = np.lib.format.open_memmap(array_path, mode="w+", dtype=np.float32, shape=(len(relative_paths), dim))
-    with open(os.path.join(folder, f"{kind}_paths.txt"), "w", encoding="utf-8") as handle:
-        handle.writelines(f"{path}\n" for path in relative_paths)
-    n_chunks = -(-len(relative_paths) // identity["chunk_size"])
-    write_progress(progress_path, identity, set(), n_chunks)
-    return features, set()
-
-
-def cached_features(kind, root, relative_paths, folder, identity, model, device, args,
-                    max_new_chunks: int | None = None) -> tuple[np.ndarray | None, int]:
-    """(features of the images under `root`, or None when `max_new_chunks` ran out first; chunks
-    computed), computing only the chunks the store lacks."""
-    features, done = open_store(folder, kind, identity, identity["embedding_size"], relative_paths)
-    size = args.chunk_size
-    n_chunks = -(-len(relative_paths) // size)
-    progress_path = os.path.join(folder, f"{kind}_progress.json")
-    computed = 0
-    for chunk in range(n_chunks):
-        if chunk in done:
-            continue
-        if computed == max_new_chunks:
-            break
-        start, stop = chunk * size, min(len(relative_paths), (chunk + 1) * size)
-        embeddings, flipped = extract_embeddings(
-            model, ImageFiles(root, relative_paths[start:stop]), args.batch_size, device, args.precision,
-            flip=not args.no_flip, description=f"{kind} chunk {chunk + 1}/{n_chunks}")
-        features[start:stop] = l2_normalize(embeddings + flipped if flipped is not None else embeddings)
-        features.flush()  # the rows reach the file before the progress record names their chunk
-        done.add(chunk)
-        write_progress(progress_path, identity, done, n_chunks)
-        computed += 1
-        print(f"{kind}: chunk {chunk + 1}/{n_chunks} (images {start}-{stop - 1}) computed", file=sys.stderr)
-    print(f"{kind}: {computed} chunks computed, {len(done) - computed} reused, {n_chunks - len(done)} left "
-          f"({folder})", file=sys.stderr)
-    return (features if len(done) == n_chunks else None), computed
 
 
 # ---------------------------------------------------------------- verification script
@@ -268,7 +132,8 @@ def verification_parser(default_set: str, set_choices: tuple) -> argparse.Argume
     output.add_argument("--protocol", choices=PROTOCOLS, default="insightface", help="(default insightface)")
     output.add_argument("--save-features", metavar="FILE.npz", help="also write the features for --features")
     output.add_argument("--roc", metavar="PATH",
-                        help="ROC figure (default result/roc_<set>_<protocol>.png; '' for none)")
+                        help="ROC figure (default roc_<set>_<protocol>.png beside the checkpoint, or beside "
+                             "the features file; '' for none)")
     output.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     return parser
 
@@ -349,7 +214,7 @@ def verification_main(default_set: str, argv=None, set_choices: tuple = ()) -> N
         record["saved_features"] = args.save_features
 
     result = evaluate_verification(embeddings, issame, flipped, protocol=args.protocol, n_folds=N_FOLDS)
-    roc_path = args.roc if args.roc is not None else os.path.join("result", f"roc_{set_name}_{args.protocol}.png")
+    roc_path = args.roc if args.roc is not None else beside_input(args, f"roc_{set_name}_{args.protocol}.png")
     if roc_path:
         from .plot import save_roc_png  # matplotlib only when a figure is asked for
         os.makedirs(os.path.dirname(os.path.abspath(roc_path)), exist_ok=True)

@@ -1,7 +1,7 @@
 """Embeddings of face images, batch by batch: the one feature extractor of train.py and the eval scripts.
 
 Images arrive as uint8 (a numpy array, or any sequence whose slices are uint8 [n,112,112,3] arrays,
-such as dataset.EncodedImages); only one batch at a time is ever converted to float, so a 12,000-image
+such as dataset.ImageSequence); only one batch at a time is ever converted to float, so a 12,000-image
 LFW never exists as a float32 copy (insightface's loader keeps two, about 1.8 GB).
 """
 

@@ -24,8 +24,9 @@ over all P·n scores (3,531 values for 3,530 probes and 10^6 distractors) instea
 Distractor subsets: one permutation of the M distractors from ``numpy.random.default_rng(seed)``;
 the subset of size n is its first n entries, so the subsets are nested and one pass over the
 distractors (in permutation order, cut at every subset size) yields every size's statistics. The
-default sizes are 10, 100, ..., 10^6, those not above M. (The devkit draws its own fixed subsets, so
-numbers below 10^6 match it in distribution, not draw for draw; at n = M every distractor is used.)
+default sizes are those of 10, 100, ..., 10^6 below M, and M. (The devkit draws its own fixed
+subsets, so numbers below 10^6 match it in distribution, not draw for draw; at n = M every
+distractor is used.)
 
 Memory: the distractors are read one chunk at a time (a np.memmap of 10^6 x 512 float32, 2 GB, is
 fine); the working set is about three probes x chunk float32 blocks (256 MiB each on the CPU, 1 GiB on
@@ -51,7 +52,7 @@ import torch
 
 from runtime import resolve_device
 
-from .verification import RocCurve
+from .verification import RocCurve, far_key
 
 DEFAULT_DISTRACTOR_COUNTS = (10, 100, 1_000, 10_000, 100_000, 1_000_000)
 # Elements of one probes x distractors score block: 256 MiB of float32 on the CPU, 1 GiB on a GPU.
@@ -80,8 +81,6 @@ class MegaFaceResult:
         return {n: float(curve[0]) for n, curve in self.cmc.items()}
 
     def to_json(self, include_roc: bool = False) -> dict:
-        def far_key(far):
-            return f"{far:.0e}".replace("e-0", "e-")
         record = {
             "distractor_counts": [int(n) for n in self.distractor_counts],
             "rank1": {str(n): v for n, v in self.rank1.items()},
@@ -106,8 +105,8 @@ def distractor_order(n_distractors: int, seed: int = 0) -> np.ndarray:
 
 
 def default_distractor_counts(n_distractors: int) -> list:
-    counts = [n for n in DEFAULT_DISTRACTOR_COUNTS if n <= n_distractors]
-    return counts or [n_distractors]
+    """The published counts 10, 100, ..., 10^6 below the number of distractors given, then all of them."""
+    return [n for n in DEFAULT_DISTRACTOR_COUNTS if n < n_distractors] + [n_distractors]
 
 
 @contextmanager

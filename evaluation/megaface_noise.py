@@ -19,6 +19,7 @@ is the mask for ``megaface.evaluate_megaface(excluded_distractors=...)``, whose 
 distractors are -inf.
 
 Blank lines are skipped (insightface would add an empty name, which matches nothing).
+read_facescrub_noises/read_megaface_noises read the files; the parse_* functions take their lines.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
+
+from dataset import read_text_lines
+from runtime import l2_normalize
 
 
 def parse_facescrub_noises(lines) -> set:
@@ -42,6 +46,16 @@ def parse_megaface_noises(lines) -> set:
         fields = line.strip().split("\t")
         keys.add(fields[1] if len(fields) > 1 else fields[0])
     return keys
+
+
+def read_facescrub_noises(path) -> set:
+    """The image file names of a facescrub_noises.txt file."""
+    return parse_facescrub_noises(read_text_lines(path, "noise list"))
+
+
+def read_megaface_noises(path) -> set:
+    """The 'dir1/dir2/file' keys of a megaface_noises.txt file."""
+    return parse_megaface_noises(read_text_lines(path, "noise list"))
 
 
 def _path_parts(name: str) -> list:
@@ -82,5 +96,5 @@ def clean_facescrub_probes(probe_embeddings, probe_labels, noisy_mask, seed: int
             raise ValueError(f"identity {label.item()!r} has no clean probe left to stand in for its "
                              f"noisy probe {row}")
         replacement = centres[label] + rng.uniform(-0.001, 0.001, features.shape[1]).astype(np.float32)
-        cleaned[row] = replacement / np.linalg.norm(replacement)
+        cleaned[row] = l2_normalize(replacement[np.newaxis])[0]
     return cleaned

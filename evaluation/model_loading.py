@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from backbone import BACKBONES, build_backbone
-from runtime import DataFormatError, load_torch_file
+from runtime import DataFormatError, listed, load_torch_file
 
 _SHOWN_KEYS = 4  # offending keys named in a mismatch message
 
@@ -48,15 +48,10 @@ def read_checkpoint(path) -> tuple[dict, str | None, int | None]:
         if all(key.startswith("module.") for key in keys):
             content = {key[len("module."):]: tensor for key, tensor in content.items()}
         return content, None, None
-    found = f"a dict with keys {', '.join(map(repr, list(content)[:8]))}" if isinstance(content, dict) else \
+    found = f"a dict with keys {listed(map(repr, content), 8)}" if isinstance(content, dict) else \
         f"a {type(content).__name__}"
     raise CheckpointError(path, f"not a checkpoint: expected a train.py checkpoint.pt, a backbone.pt or a "
                                 f"state_dict of tensors, found {found}")
-
-
-def _listed(keys) -> str:
-    shown = ", ".join(keys[:_SHOWN_KEYS])
-    return shown + (f" (+{len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else "")
 
 
 def check_fit(state_dict: dict, model: torch.nn.Module, path, description: str) -> None:
@@ -68,11 +63,11 @@ def check_fit(state_dict: dict, model: torch.nn.Module, path, description: str) 
                   for key, tensor in expected.items() if key in state_dict and state_dict[key].shape != tensor.shape]
     problems = []
     if missing:
-        problems.append(f"missing keys {_listed(missing)}")
+        problems.append(f"missing keys {listed(missing, _SHOWN_KEYS)}")
     if unexpected:
-        problems.append(f"unexpected keys {_listed(unexpected)}")
+        problems.append(f"unexpected keys {listed(unexpected, _SHOWN_KEYS)}")
     if mismatched:
-        problems.append(f"shape mismatch (file vs network) {_listed(mismatched)}")
+        problems.append(f"shape mismatch (file vs network) {listed(mismatched, _SHOWN_KEYS)}")
     if problems:
         raise CheckpointError(path, f"does not fit {description}: {'; '.join(problems)} "
                                     "(check --backbone and --embedding-size)")

@@ -1,13 +1,36 @@
-"""ROC figures (true accept rate against false accept rate on a log axis) as PNG files, drawn with
-matplotlib's Agg canvas directly, so no pyplot backend or global state is touched."""
+"""Figures of results as PNG files: ROC curves (true accept rate against false accept rate on a log
+axis) and MegaFace CMC curves (identification rate against rank). Drawn on matplotlib's Agg canvas
+directly, so no pyplot backend or global state is touched."""
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .verification import RocCurve, VerificationResult
+
+
+@contextmanager
+def _figure(path, title: str, xlabel: str, ylabel: str, log_x: bool = False, legend_size=None):
+    """Axes to draw on; on leaving, the labels, grid and legend are added and the PNG is written."""
+    figure = Figure(figsize=(6.4, 4.8), dpi=120)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    if log_x:
+        axes.set_xscale("log")
+    yield axes
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(True, which="major", alpha=0.4)
+    axes.grid(True, which="minor", alpha=0.15)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="lower right", fontsize=legend_size)
+    figure.tight_layout()
+    figure.savefig(path, format="png")
 
 
 def _as_curve(item) -> tuple[RocCurve, str]:
@@ -27,28 +50,26 @@ def save_roc_png(result_or_results, path, labels=None, title: str = "ROC", min_f
     curves = [_as_curve(item) for item in items]
     if labels is not None and len(labels) != len(curves):
         raise ValueError(f"{len(labels)} labels for {len(curves)} curves")
-    figure = Figure(figsize=(6.4, 4.8), dpi=120)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    smallest = 1.0
-    for index, (curve, default_label) in enumerate(curves):
-        fpr, tpr = np.asarray(curve.fpr, dtype=float), np.asarray(curve.tpr, dtype=float)
-        shown = fpr > 0
-        if not shown.any():
-            continue
-        # in threshold order: both rates move monotonically with the threshold, so this is the curve
-        axes.plot(fpr[shown], tpr[shown], linewidth=1.5,
-                  label=labels[index] if labels is not None else default_label)
-        smallest = min(smallest, float(fpr[shown].min()))
-    axes.set_xscale("log")
-    axes.set_xlim(min_fpr if min_fpr is not None else smallest, 1.0)
-    axes.set_ylim(0.0, 1.0)
-    axes.set_xlabel("false accept rate (FAR)")
-    axes.set_ylabel("true accept rate (TAR)")
-    axes.set_title(title)
-    axes.grid(True, which="major", alpha=0.4)
-    axes.grid(True, which="minor", alpha=0.15)
-    if axes.get_legend_handles_labels()[0]:
-        axes.legend(loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path, format="png")
+    with _figure(path, title, "false accept rate (FAR)", "true accept rate (TAR)", log_x=True) as axes:
+        smallest = 1.0
+        for index, (curve, default_label) in enumerate(curves):
+            fpr, tpr = np.asarray(curve.fpr, dtype=float), np.asarray(curve.tpr, dtype=float)
+            shown = fpr > 0
+            if not shown.any():
+                continue
+            # in threshold order: both rates move monotonically with the threshold, so this is the curve
+            axes.plot(fpr[shown], tpr[shown], linewidth=1.5,
+                      label=labels[index] if labels is not None else default_label)
+            smallest = min(smallest, float(fpr[shown].min()))
+        axes.set_xlim(min_fpr if min_fpr is not None else smallest, 1.0)
+        axes.set_ylim(0.0, 1.0)
+
+
+def save_cmc_png(results: dict, path, title: str = "MegaFace Challenge 1 CMC (FaceScrub probes)") -> None:
+    """CMC curves of MegaFace results ({label suffix: MegaFaceResult}), one per distractor count; the
+    second result's curves (e.g. the refined ones) are dashed."""
+    with _figure(path, title, "rank", "identification rate (%)", legend_size="small") as axes:
+        for style, (suffix, result) in zip(("-", "--"), results.items()):
+            for colour, (count, curve) in enumerate(result.cmc.items()):
+                axes.plot(np.arange(1, len(curve) + 1), 100 * np.asarray(curve), style, marker="o", markersize=3,
+                          color=f"C{colour % 10}", label=f"{count:,} distractors{suffix}")

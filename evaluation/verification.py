@@ -45,6 +45,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from runtime import l2_normalize
+
 from .thresholds import count_above, count_below, kfold_bounds, threshold_at_far
 
 PROTOCOLS = ("insightface", "seed")
@@ -53,6 +55,11 @@ FAR_TARGETS = (1e-3, 1e-4)
 _INSIGHTFACE_ACCURACY_GRID = np.arange(0, 4, 0.01)
 _INSIGHTFACE_VAL_GRID = np.arange(0, 4, 0.001)
 _SEED_GRID = np.arange(-10000, 10000 + 1) * 1.0 / 10000
+
+
+def far_key(far: float) -> str:
+    """How a FAR target is written as a JSON key and in names: 1e-3 -> "1e-3"."""
+    return f"{far:.0e}".replace("e-0", "e-")
 
 
 class RocCurve(NamedTuple):
@@ -78,7 +85,7 @@ class VerificationResult:
 
     def to_json(self) -> dict:
         def keyed(values):
-            return {f"{far:.0e}".replace("e-0", "e-"): float(v) for far, v in values.items()}
+            return {far_key(far): float(v) for far, v in values.items()}
         return {
             "protocol": self.protocol,
             "accuracy_mean": float(self.accuracy_mean),
@@ -116,14 +123,6 @@ def evaluate_verification(embeddings, issame, embeddings_flip=None, protocol: st
     return _seed(embeddings, embeddings_flip, issame, folds)
 
 
-def sklearn_l2_normalize(x: np.ndarray) -> np.ndarray:
-    """sklearn.preprocessing.normalize(x) for a dense float array: rows divided by their L2 norm,
-    rows whose norm is below 10·eps left unscaled."""
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    norms[norms < 10 * np.finfo(norms.dtype).eps] = 1.0
-    return x / norms[:, np.newaxis]
-
-
 def _insightface_distances(embeddings, embeddings_flip, block_pairs: int = 256):
     """(squared L2 distance of every pair, xnorm) as insightface computes them, in float64, pair block
     by pair block so that the arrays stay in cache: every step is per row, so blocks change no bit."""
@@ -140,7 +139,7 @@ def _insightface_distances(embeddings, embeddings_flip, block_pairs: int = 256):
             features = features + flipped
         norm_sum += float(np.sum(norms))
         n_norms += sum(n.size for n in norms)
-        features = sklearn_l2_normalize(features)
+        features = l2_normalize(features)
         dist[start:start + features.shape[0] // 2] = np.sum(np.square(np.subtract(features[0::2], features[1::2])), 1)
     return dist, norm_sum / n_norms
 
@@ -328,10 +327,9 @@ def raw_pixel_baseline(images: np.ndarray, issame: np.ndarray) -> float:
         raise ValueError(f"need images [2N, H, W, C] for {len(issame)} pairs, got {images.shape}")
     cosine = np.empty(len(issame))
     for start in range(0, len(issame), 256):  # in chunks: a whole set as float is gigabytes
-        flat = images[2 * start:2 * start + 512].reshape(-1, 2, images[0].size)
-        flat = flat.astype(np.float32) / 127.5 - 1.0
-        flat /= np.maximum(np.linalg.norm(flat, axis=2, keepdims=True), 1e-12)
-        cosine[start:start + 256] = np.einsum("ij,ij->i", flat[:, 0], flat[:, 1])
+        flat = images[2 * start:2 * start + 512].reshape(-1, images[0].size)
+        flat = l2_normalize(flat.astype(np.float32) / 127.5 - 1.0)
+        cosine[start:start + 256] = np.einsum("ij,ij->i", flat[0::2], flat[1::2])
     angle = np.arccos(np.clip(cosine, -1.0, 1.0))
     # Each pair becomes two unit vectors in the plane at the pair's angle: the protocol sees the
     # same squared distances (2 - 2 cos) without 37,632-dimensional embeddings for every image.

@@ -26,3 +26,10 @@ class DataFormatError(UserError, ValueError):
 
     def __reduce__(self):  # DataLoader workers pickle it back to the main process
         return type(self), (self.path, self.problem, self.where)
+
+
+def listed(items, shown: int = 4, separator: str = ", ") -> str:
+    """The first `shown` items joined, and how many more there are: keeps a message to one line."""
+    items = list(items)
+    text = separator.join(str(item) for item in items[:shown])
+    return text + (f" (+{len(items) - shown} more)" if len(items) > shown else "")

@@ -1,6 +1,19 @@
 import os
 import sys
 
+import pytest
+
 # Tests import the packages and run the tools from the repository root, as a user does.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: the test machines have two shared cores, where a second
+    thread costs more than it gains."""
+    import torch  # only for the tests that ask for it
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -171,19 +171,40 @@ def test_plain_state_dict_needs_and_takes_backbone_and_width(files, reference):
 
 
 def test_default_set_names_and_paths(files, reference, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)  # the defaults data/<set>.bin and result/ are relative to where a script runs
-    verification_main("agedb_30", ["--features", str(files / "reference.npz"), "--json"])
+    monkeypatch.chdir(tmp_path)  # the default data/<set>.bin is relative to where a script runs
+    features = tmp_path / "features" / "reference.npz"
+    features.parent.mkdir()
+    features.write_bytes((files / "reference.npz").read_bytes())
+    verification_main("agedb_30", ["--features", str(features), "--json"])
     agedb = json.loads(capsys.readouterr().out)
-    assert agedb["set"] == "agedb_30" and agedb["roc"] == os.path.join("result", "roc_agedb_30_insightface.png")
-    assert (tmp_path / "result" / "roc_agedb_30_insightface.png").is_file()
-    verification_main("cfp_fp", ["--set", "cfp_ff", "--features", str(files / "reference.npz"), "--protocol", "seed",
+    # without a checkpoint the ROC goes beside the features file
+    assert agedb["set"] == "agedb_30" and agedb["roc"] == str(features.parent / "roc_agedb_30_insightface.png")
+    assert (features.parent / "roc_agedb_30_insightface.png").is_file()
+    verification_main("cfp_fp", ["--set", "cfp_ff", "--features", str(features), "--protocol", "seed",
                                  "--json"], ("cfp_fp", "cfp_ff"))
     assert json.loads(capsys.readouterr().out)["set"] == "cfp_ff"
-    assert (tmp_path / "result" / "roc_cfp_ff_seed.png").is_file()
+    assert (features.parent / "roc_cfp_ff_seed.png").is_file()
+    assert sorted(os.listdir(tmp_path)) == ["features"]  # nothing written where the script ran
     assert error_of(["--set", "cfp_ff", "--checkpoint", files / "backbone.pt"], capsys, "cfp_fp",
                     ("cfp_fp", "cfp_ff")) == "error: data/cfp_ff.bin: verification file not found"
     assert error_of(["--checkpoint", files / "backbone.pt"], capsys, "agedb_30") == \
         "error: data/agedb_30.bin: verification file not found"
+
+
+def test_roc_goes_beside_the_checkpoint_and_never_into_the_repository(files, tmp_path, monkeypatch, capsys,
+                                                                      one_thread):
+    run = tmp_path / "runs" / "demo"
+    run.mkdir(parents=True)
+    (run / "backbone.pt").write_bytes((files / "backbone.pt").read_bytes())
+    data = tmp_path / "default_roc_check.bin"  # a set name no other run uses
+    data.write_bytes((files / "small.bin").read_bytes())
+    in_repository = os.path.join(REPO, "result", "roc_default_roc_check_insightface.png")
+    monkeypatch.chdir(REPO)  # where a user runs the scripts
+    verification_main("lfw", ["--bin", str(data), "--checkpoint", str(run / "backbone.pt"), "--no-flip", "--json"])
+    record = json.loads(capsys.readouterr().out)
+    assert record["roc"] == str(run / "roc_default_roc_check_insightface.png")
+    assert (run / "roc_default_roc_check_insightface.png").read_bytes()[:4] == b"\x89PNG"
+    assert not os.path.exists(in_repository)
 
 
 # ---------------------------------------------------------------- errors

@@ -75,6 +75,17 @@ def test_every_family_exports_to_both_formats(name, tmp_path, capsys):
     assert json.loads(extra["metadata.json"])["backbone"] == name
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_an_output_folder_that_does_not_exist_yet_is_created(tmp_path, capsys, one_thread):
+    checkpoint = tmp_path / "backbone.pt"
+    torch.save(backbone_file("mobilefacenet", EMBEDDING_SIZE, random_backbone("mobilefacenet").state_dict()),
+               checkpoint)
+    out = tmp_path / "exports" / "v1" / "model.ts"
+    assert export_main(["--checkpoint", str(checkpoint), "--format", "torchscript", "--batch-check", "2",
+                        str(out)]) == 0
+    assert out.is_file() and capsys.readouterr().out.rstrip().endswith("OK")
+
+
 def test_the_check_catches_an_export_of_other_weights(tmp_path):
     exported, other = random_backbone("spherenet20"), build_backbone("spherenet20", EMBEDDING_SIZE).eval()
     export_onnx(exported, tmp_path / "m.onnx", model_metadata("spherenet20", EMBEDDING_SIZE))

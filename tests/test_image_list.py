@@ -2,8 +2,8 @@ import cv2
 import numpy as np
 import pytest
 
-from dataset import (DataFormatError, ImageListDataset, load_pair_images, read_image_list, read_lfw_pairs,
-                     read_pair_list, read_pairs, write_image_list, write_pair_list)
+from dataset import (DataFormatError, ImageListDataset, ImageSequence, image_files, read_image_list, read_lfw_pairs,
+                     read_pair_list, read_pairs, scan_image_tree, write_image_list, write_pair_list)
 
 
 def save(path, image):
@@ -93,5 +93,39 @@ def test_left_right_flag_list(tmp_path):
 def test_pair_images_come_in_bin_order(tmp_path):
     for name, value in (("l.png", 1), ("r.png", 2)):
         save(tmp_path / name, solid(value))
-    images = load_pair_images(tmp_path, [("l.png", "r.png"), ("r.png", "l.png")])
+    pairs = [("l.png", "r.png"), ("r.png", "l.png")]
+    images = image_files(tmp_path, [relative for pair in pairs for relative in pair], "the pairs")[:]
     assert images[:, 0, 0, 0].tolist() == [1, 2, 2, 1]
+
+
+def test_image_files_name_the_first_missing_file_before_decoding(tmp_path):
+    save(tmp_path / "here.png", solid(3))
+    with pytest.raises(DataFormatError, match=r"gone.png: image file listed in pairs.txt not found "
+                                              r"\(1 of 2 images are missing\)"):
+        image_files(tmp_path, ["here.png", "gone.png"], "pairs.txt")
+
+
+def test_image_sequence_reads_any_item_and_checks_the_crop_size(tmp_path):
+    """read_one is pluggable (here: a drawn image per number); the sequence enforces 112x112."""
+    def read_one(number):
+        return np.full((112 if number < 10 else 120, 112, 3), number, np.uint8)
+
+    images = ImageSequence(range(4), read_one, locate=lambda number: ("drawn", f"number {number}"))
+    assert len(images) == 4 and images[1:3].shape == (2, 112, 112, 3) and images[1:3].dtype == np.uint8
+    assert images[1:3][:, 0, 0, 0].tolist() == [1, 2] and images[3].shape == (112, 112, 3)
+    assert images[4:].shape == (0, 112, 112, 3)
+    wrong = ImageSequence([5, 11], read_one, locate=lambda number: ("drawn", f"number {number}"))
+    with pytest.raises(DataFormatError, match="drawn, number 11: image is 120x112, expected 112x112"):
+        wrong[:]
+    resized = ImageSequence([5, 11], read_one, on_size_mismatch="resize")[:]
+    assert resized.shape == (2, 112, 112, 3) and resized[1, 0, 0, 0] == 11
+
+
+def test_image_tree_lists_images_at_every_depth(tmp_path):
+    for relative in ("top.png", "a/b/deep.jpg", "a/mid.PNG"):
+        save(tmp_path / relative, solid(1))
+    (tmp_path / "a" / "notes.txt").write_text("ignored")
+    assert scan_image_tree(tmp_path) == ["a/b/deep.jpg", "a/mid.PNG", "top.png"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataFormatError, match="empty: no images .* in the folder tree"):
+        scan_image_tree(tmp_path / "empty")

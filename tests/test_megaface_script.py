@@ -156,6 +156,25 @@ def test_features_file_gives_the_same_table(data, full_run):
     assert lines[5] == "noise lists: 1 probes replaced, 2 distractors neutralised"
 
 
+def test_results_go_beside_the_features_file_or_the_checkpoint(data, full_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # where the script runs gets nothing
+    features = tmp_path / "elsewhere" / "features.npz"
+    features.parent.mkdir()
+    features.write_bytes((data / "features.npz").read_bytes())
+    eval_megaface.main(["--features", str(features), "--json"])
+    record = json.loads(capsys.readouterr().out)
+    assert record["files"]["json"] == str(features.parent / "megaface" / "megaface.json")
+    assert sorted(os.listdir(features.parent / "megaface")) == ["cmc.png", "megaface.json", "roc.png"]
+    # from images, beside the checkpoint (the full run's store is complete: nothing is extracted again)
+    eval_megaface.main(["--checkpoint", str(data / "backbone.pt"), "--probes", str(data / "probes"),
+                        "--distractors", str(data / "distractors"), "--no-flip", "--chunk-size", "64",
+                        "--feature-dir", str(data / "features"), "--json"])
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["files"]["json"] == str(data / "megaface" / "megaface.json")
+    assert (data / "megaface" / "cmc.png").is_file() and "distractors: 0 chunks computed, 4 reused" in captured.err
+    assert os.listdir(tmp_path) == ["elsewhere"]
+
+
 def test_interrupted_extraction_resumes_without_recomputing(data, full_run, tmp_path):
     _, saved = full_run
     # the devkit's JSON lists, here over a 24-image part of the distractors

@@ -164,6 +164,17 @@ def test_make_synthetic_writes_a_pack_and_bins_that_read_back(tmp_path):
     assert cv2.imread(str(grid)).shape == (4 + 6 * 116, 8 * 116 + 16, 3)
 
 
+def test_make_synthetic_writes_its_picture_into_the_output_folder(tmp_path):
+    tracked = os.path.join(REPO, "result", "synthetic_grid.png")
+    before = os.stat(tracked).st_mtime_ns if os.path.exists(tracked) else None
+    result = run_tool(tmp_path / "data", "--identities", 2, "--images-per-identity", 1, "--lfw-pairs", 0,
+                      "--agedb-pairs", 0, "--cfp-pairs", 0, "--held-out-identities", 2, "--workers", 1)
+    assert result.returncode == 0, result.stderr
+    assert cv2.imread(str(tmp_path / "data" / "synthetic_grid.png")).shape == (4 + 4 * 116, 8 * 116 + 16, 3)
+    assert f"picture -> {tmp_path / 'data' / 'synthetic_grid.png'}" in result.stdout
+    assert (os.stat(tracked).st_mtime_ns if os.path.exists(tracked) else None) == before  # the README's is untouched
+
+
 def test_make_synthetic_refuses_bad_arguments(tmp_path):
     result = run_tool(tmp_path, "--lfw-pairs", 30)
     assert result.returncode != 0 and "--lfw-pairs" in result.stderr and "30" in result.stderr

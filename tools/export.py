@@ -47,6 +47,7 @@ def main(argv=None) -> int:
     if args.batch_check < 2:
         parser.error(f"--batch-check {args.batch_check}: must be at least 2 (batch 1 is always checked)")
     model, name, embedding_size = load_backbone(args.checkpoint, args.backbone, args.embedding_size)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     differences = export_and_check(model, name, embedding_size, args.format, args.out, args.opset,
                                    batch_sizes=(1, args.batch_check))
     print(f"{name} ({embedding_size}-d) -> {args.out} ({args.format})")

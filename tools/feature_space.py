@@ -20,7 +20,7 @@ README showed:
 
 About two minutes on one CPU core at the defaults (the images are rendered once, in memory)::
 
-    python tools/feature_space.py [--out result/feature_space] [--classes 8]
+    python tools/feature_space.py --out result/feature_space [--classes 8]
         [--images-per-class 150] [--plot-images-per-class 40] [--epochs 30]
         [--wide-epochs 15] [--frames 40] [--difficulty 0.3] [--seed 0]
 """
@@ -50,6 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dataset import normalize_images  # noqa: E402
 from dataset.synthetic import SyntheticFaces  # noqa: E402
 from margin import build_aux_loss, build_margin  # noqa: E402
+from runtime import l2_normalize  # noqa: E402
 
 INPUT_SIZE = 48  # small enough to train in seconds; the traits that tell identities apart survive
 MAX_CLASSES = 20  # distinct colours in matplotlib's tab20
@@ -157,15 +158,11 @@ class SmallCNN(nn.Module):
         return self.layers(images)
 
 
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
 def class_scores(head_name: str, features: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """What a head ranks classes by at test time: the inner product for softmax, else the cosine."""
     if head_name == "softmax":
         return features @ weight.T
-    return unit_rows(features) @ unit_rows(weight).T
+    return l2_normalize(features) @ l2_normalize(weight).T
 
 
 def frame_steps(total_steps: int, frames: int) -> list[int]:
@@ -254,7 +251,7 @@ def train(run: Run, train_set: tuple[torch.Tensor, torch.Tensor],
 def angles_to_centres(features: np.ndarray, weight: np.ndarray, labels: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Degrees between each feature and its own class centre, and its nearest other centre."""
-    angles = np.degrees(np.arccos((unit_rows(features) @ unit_rows(weight).T).clip(-1.0, 1.0)))
+    angles = np.degrees(np.arccos((l2_normalize(features) @ l2_normalize(weight).T).clip(-1.0, 1.0)))
     rows = np.arange(len(labels))
     own = angles[rows, labels]
     angles[rows, labels] = np.inf
@@ -288,12 +285,12 @@ def draw_frame(trajectory: Trajectory, index: int, labels: np.ndarray, total_epo
         points = features
         shown = features if centres is None else np.concatenate([features, centres])
         limit = 1.15 * np.abs(shown).max()
-        directions = unit_rows(weight) * 2 * limit
+        directions = l2_normalize(weight) * 2 * limit
         caption = "2-D features; dashed: class weight directions"
     else:
-        points = unit_rows(features)
+        points = l2_normalize(features)
         limit = 1.3
-        directions = unit_rows(weight) * 1.25
+        directions = l2_normalize(weight) * 1.25
         axes.add_patch(plt.Circle((0, 0), 1.0, fill=False, color="0.75", lw=1))
         caption = "normalised features on the unit circle; dashed: class centres"
     for c, direction in enumerate(directions):
@@ -365,7 +362,7 @@ def plot_theta_distributions(trajectories: list[Trajectory], labels: np.ndarray,
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="result/feature_space", help="output folder")
+    parser.add_argument("--out", required=True, help="output folder (the README's figures: result/feature_space)")
     parser.add_argument("--classes", type=int, default=8, help=f"identities (2-{MAX_CLASSES})")
     parser.add_argument("--images-per-class", type=int, default=150, help="training images per identity")
     parser.add_argument("--plot-images-per-class", type=int, default=40,

@@ -6,7 +6,8 @@ OUT_DIR/train.rec, train.idx, property: the training identities 0 .. N-1, K imag
 pose and age the test sets hold), as an insightface record pack; OUT_DIR/lfw.bin, agedb_30.bin, cfp_fp.bin: verification pairs over three
 further, disjoint ranges of held-out identities, with the real files' pair counts and fold layout.
 Prints each set's raw-pixel baseline (the accuracy a network must beat) and saves a picture of
-some identities and pairs (--grid).
+some identities and pairs (OUT_DIR/synthetic_grid.png, or --grid PATH; the README's picture is made
+with --grid result/synthetic_grid.png).
 
 The defaults (500 identities x 30 images = 15,000 images) suit the CPU demo, which sees some
 15-30k images in its five minutes: one or two passes over enough identities for the embedding to
@@ -109,9 +110,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality of stored images")
-    parser.add_argument("--grid", default=os.path.join(REPO, "result", "synthetic_grid.png"),
-                        help="picture of sample identities and pairs ('' for none)")
+    parser.add_argument("--grid", help="picture of sample identities and pairs (default "
+                                       "OUT_DIR/synthetic_grid.png; '' for none)")
     args = parser.parse_args(argv)
+    if args.grid is None:
+        args.grid = os.path.join(args.out_dir, "synthetic_grid.png")
     positive = {"--identities": args.identities, "--images-per-identity": args.images_per_identity,
                 "--workers": args.workers}
     for name, value in positive.items():
