@@ -55,6 +55,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="skip the mirrored images (by default every image is embedded mirrored too)")
 
 
+def add_store_arguments(parser: argparse.ArgumentParser, default_folder: str):
+    """The options of the resumable feature store (evaluation/feature_store.py); the group, for more."""
+    group = parser.add_argument_group("feature extraction")
+    group.add_argument("--feature-dir", metavar="DIR", help=f"resumable feature store (default {default_folder})")
+    group.add_argument("--chunk-size", type=positive_int, default=10000, help="images per resumable chunk")
+    group.add_argument("--max-chunks", type=positive_int, metavar="N",
+                       help="stop after computing N chunks (to test or spread out a long extraction)")
+    group.add_argument("--save-features", metavar="FILE.npz", help="also write the features in --features format")
+    return group
+
+
 def check_model_arguments(parser, args, features_given: bool) -> None:
     """--features replaces the model; a model argument beside it is a mistake, not something to ignore."""
     if features_given:

@@ -32,9 +32,10 @@ import sys
 import numpy as np
 
 from dataset import image_files
-from runtime import DataFormatError, positive_int
+from runtime import DataFormatError
 
-from .cli import add_model_arguments, beside_input, check_model_arguments, load_model, resolve_device
+from .cli import (add_model_arguments, add_store_arguments, beside_input, check_model_arguments, load_model,
+                  resolve_device)
 from .feature_store import Embedder, checkpoint_identity, store_features
 from .megaface import default_distractor_counts, evaluate_megaface
 from .megaface_files import (devkit_overlap, list_distractors, list_probes, load_megaface_features,
@@ -68,13 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="devkit megaface_features_list.json_1000000_1 (paths in --distractors)")
     data.add_argument("--features", metavar="FILE.npz", help="saved features instead of images and a model")
     add_model_arguments(parser)
-    store = parser.add_argument_group("feature extraction")
-    store.add_argument("--feature-dir", metavar="DIR", help="resumable feature store (default <checkpoint dir>/"
-                                                            "megaface_features)")
-    store.add_argument("--chunk-size", type=positive_int, default=10000, help="images per resumable chunk")
-    store.add_argument("--max-chunks", type=positive_int, metavar="N",
-                       help="stop after computing N chunks (to test or spread out a long extraction)")
-    store.add_argument("--save-features", metavar="FILE.npz", help="also write the features in --features format")
+    store = add_store_arguments(parser, "<checkpoint dir>/megaface_features")
     store.add_argument("--devkit-out", metavar="DIR", help="also write the devkit's per-image feature files here")
     store.add_argument("--devkit-suffix", metavar="NAME", help="devkit files end in _NAME.bin (default: backbone)")
     evaluation = parser.add_argument_group("evaluation and output")
