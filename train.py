@@ -28,7 +28,7 @@ from training.checkpoint import find_checkpoint, read_checkpoint, write_checkpoi
 from training.components import build_train_state, read_initial_backbone
 from training.data import BadRecords, open_training_data, open_val_sets, resolve_val_sets, training_loader
 from training.distributed import init_distributed
-from training.run_folder import config_changes, lock_run_folder, record_config, refuse_changes
+from training.run_folder import RunFolderLock, config_changes, record_config, refuse_changes
 from training.run_log import RunLog, git_commit
 from training.schedule import lr_factor
 from training.step import TrainStep
@@ -81,14 +81,14 @@ def main(argv=None) -> dict:
     val_sets = open_val_sets(resolve_val_sets(cfg)) if context.is_main else {}
     initial_backbone = read_initial_backbone(cfg) if cfg.init_backbone else None
     explicit = read_checkpoint(cfg.resume) if cfg.resume else None
-    config = config_to_dict(cfg)
-
-    # ============ run folder: one train.py per folder; a resume knows what changed ============
     run_dir = os.path.join(cfg.output_dir, cfg.name)
-    lock = None
-    if context.is_main:
-        os.makedirs(run_dir, exist_ok=True)
-        lock = lock_run_folder(run_dir)  # noqa: F841 - held until the process ends
+    with RunFolderLock(run_dir, context.is_main):  # one train.py per run folder
+        return train(cfg, context, run_dir, train_set, val_sets, initial_backbone, explicit)
+
+
+def train(cfg, context, run_dir: str, train_set, val_sets: dict, initial_backbone, explicit) -> dict:
+    # ============ run folder: a resume knows what changed ============
+    device, num_classes, config = context.device, cfg.num_classes, config_to_dict(cfg)
     resumed, resumed_from, fallback_note = (explicit, cfg.resume, None) if explicit else find_checkpoint(run_dir)
     changes = {}
     if resumed is not None:

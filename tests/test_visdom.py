@@ -303,3 +303,20 @@ def test_disabled_logger_never_contacts_a_server_or_warns():
         logger.close()
     assert _runtime_warnings(caught) == []
     assert not logger.active
+
+
+def test_front_end_is_fetched_without_node_and_matches_the_cached_tarball(tmp_path):
+    # The tool downloads tarballs with Python: a PATH without node or npm must not matter.
+    cached = server_tool.NPM_CACHE_DIR / "classnames-2.2.5.tgz"
+    if not cached.is_file():
+        pytest.skip(f"{cached} not cached (make visdom-assets fetches it)")
+    target = tmp_path / "classnames-2.2.5.tgz"
+    script = (f"import importlib.util, pathlib; spec = importlib.util.spec_from_file_location('v', {str(SERVER_SCRIPT)!r}); "
+              f"m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+              f"m.fetch_tarball('classnames@2.2.5', pathlib.Path({str(target)!r}))")
+    result = subprocess.run([sys.executable, "-c", script], env={"PATH": str(tmp_path)}, capture_output=True,
+                            text=True, timeout=120)
+    if result.returncode != 0 and "cannot fetch" in result.stderr:
+        pytest.skip(f"the npm registry is not reachable from here: {result.stderr.strip()[-300:]}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert target.read_bytes() == cached.read_bytes()

@@ -4,7 +4,8 @@
 dashboard's front-end (jQuery, Bootstrap, React, Plotly, d3, MathJax, ...) from unpkg.com,
 cdn.plot.ly, d3js.org and cdnjs.cloudflare.com, and dies on a machine that cannot reach them.
 This launcher takes the very same files, at the versions build.py pins, from the npm registry
-(`npm pack`, tarballs kept in `.cache/visdom-npm/`), stores them under the names build.py gives
+(the package tarballs, fetched over HTTPS by Python and checked against the registry's integrity
+hashes: no Node.js is needed; kept in `.cache/visdom-npm/`), stores them under the names build.py gives
 them, writes build.py's `static/version.built` marker, and then starts visdom's tornado
 `Application` itself, so no download step ever runs.
 
@@ -18,21 +19,26 @@ server answers its index page with 403 (see `VisdomStaticFiles`), which this lau
 
 import argparse
 import asyncio
+import base64
 import filecmp
+import hashlib
 import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import tornado.web
+from tqdm import tqdm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NPM_CACHE_DIR = REPO_ROOT / ".cache" / "visdom-npm"
 DEFAULT_ENV_PATH = REPO_ROOT / "runs" / "visdom"
+NPM_REGISTRY = os.environ.get("NPM_REGISTRY", "https://registry.npmjs.org")
 
 MATHJAX_VERSION = "2.7.5"
 # The MathJax files build.py fetches from cdnjs (query strings dropped, as build.py does).
@@ -120,30 +126,40 @@ def tarball_name(spec):
     return f"{name}-{version}.tgz"
 
 
+def _registry_get(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            return response.read()
+    except (urllib.error.URLError, OSError) as error:
+        raise SystemExit(f"cannot fetch {url} ({error}); on a machine without access to the npm registry, "
+                         f"copy the tarballs into {NPM_CACHE_DIR}") from None
+
+
+def fetch_tarball(spec: str, target: Path) -> None:
+    """One package tarball straight from the npm registry (no Node.js needed), checked against the
+    integrity hash the registry publishes for it."""
+    name, version = spec.rsplit("@", 1)
+    metadata = json.loads(_registry_get(f"{NPM_REGISTRY}/{name}/{version}"))
+    dist = metadata["dist"]
+    data = _registry_get(dist["tarball"])
+    algorithm, _, expected = dist.get("integrity", "").partition("-")
+    if algorithm in ("sha512", "sha384", "sha256"):
+        actual = base64.b64encode(hashlib.new(algorithm, data).digest()).decode()
+    else:  # old packages publish only a sha1 shasum
+        algorithm, expected, actual = "sha1", dist["shasum"], hashlib.sha1(data).hexdigest()
+    if actual != expected:
+        raise SystemExit(f"{dist['tarball']}: {algorithm} of the download does not match the registry's")
+    _write_atomically(target, data)
+
+
 def fetch_tarballs(specs):
-    """Return {spec: tarball path}, running `npm pack` only for tarballs not cached yet."""
+    """Return {spec: tarball path}, downloading only the tarballs not cached yet."""
     tarballs = {spec: NPM_CACHE_DIR / tarball_name(spec) for spec in specs}
     to_fetch = sorted(spec for spec, path in tarballs.items() if not path.is_file())
-    if not to_fetch:
-        return tarballs
-    npm = shutil.which("npm")
-    if npm is None:
-        raise SystemExit(
-            "npm was not found on PATH, so the Visdom front-end cannot be fetched. Install "
-            "Node.js (npm >= 7), or copy these tarballs from a machine that has npm "
-            f"(`npm pack SPEC`) into {NPM_CACHE_DIR}: {', '.join(to_fetch)}")
-    NPM_CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    print(f"npm pack {' '.join(to_fetch)} -> {NPM_CACHE_DIR}", flush=True)
-    result = subprocess.run(
-        [npm, "pack", *to_fetch, "--pack-destination", str(NPM_CACHE_DIR), "--json",
-         "--ignore-scripts"],
-        capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"npm pack failed (exit {result.returncode}):\n{result.stderr[-2000:]}")
-    packed = {entry["filename"] for entry in json.loads(result.stdout)}
-    absent = [spec for spec in to_fetch if tarball_name(spec) not in packed]
-    if absent:
-        raise SystemExit(f"npm pack did not produce tarballs for {absent}; it made {sorted(packed)}")
+    if to_fetch:
+        print(f"fetching {' '.join(to_fetch)} from {NPM_REGISTRY} -> {NPM_CACHE_DIR}", flush=True)
+    for spec in tqdm(to_fetch, desc="npm tarballs", unit="package", disable=not to_fetch):
+        fetch_tarball(spec, tarballs[spec])
     return tarballs
 
 

@@ -27,6 +27,24 @@ class RunFolderBusy(UsageError):
     pass
 
 
+class RunFolderLock:
+    """`with RunFolderLock(run_dir):` creates the folder and holds its lock (when `enabled`: the main
+    process), or raises RunFolderBusy naming the holder."""
+
+    def __init__(self, run_dir: str, enabled: bool = True):
+        self.run_dir, self.enabled, self.handle = run_dir, enabled, None
+
+    def __enter__(self):
+        if self.enabled:
+            os.makedirs(self.run_dir, exist_ok=True)
+            self.handle = lock_run_folder(self.run_dir)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            self.handle.close()  # closing the file releases the flock
+
+
 def lock_run_folder(run_dir: str):
     """Hold the run folder's lock (the returned file object) or raise RunFolderBusy naming the holder."""
     handle = open(os.path.join(run_dir, LOCK), "a+", encoding="utf-8")
