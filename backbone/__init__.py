@@ -3,12 +3,14 @@
 
 `BACKBONES[name](embedding_size=..., **options)` builds one; `build_backbone` does the same with
 errors that list what is valid. Options: `dropout` (before the FC) for the IR, ResNet and
-attention networks; MobileFaceNet and SphereNet take none.
+attention networks; `grad_checkpoint` (recompute activations in the backward pass) for the IR nets
+and the ViTs; `drop_path_rate` and `mask_ratio` (training regularisation) for the ViTs;
+MobileFaceNet and SphereNet take none.
 """
 
 import inspect
 
-from . import attention, iresnet, resnet, spherenet
+from . import attention, iresnet, resnet, spherenet, vit
 from .mobilefacenet import MobileFaceNet
 
 BACKBONES = {
@@ -36,15 +38,25 @@ BACKBONES = {
     "attention92": attention.attention92,
     "spherenet20": spherenet.spherenet20,
     "spherenet64": spherenet.spherenet64,
+    "vit_t": vit.vit_t,
+    "vit_s": vit.vit_s,
+    "vit_b": vit.vit_b,
+    "vit_l": vit.vit_l,
+    "vit_h": vit.vit_h,
 }
+
+
+def backbone_options(name: str) -> set[str]:
+    """The keyword options the network `name` takes besides embedding_size."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; valid: {', '.join(sorted(BACKBONES))}")
+    return set(inspect.signature(BACKBONES[name]).parameters) - {"embedding_size"}
 
 
 def build_backbone(name: str, embedding_size: int, **options):
     """The network `name` with an `embedding_size`-d output; `options` go to its constructor."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; valid: {', '.join(sorted(BACKBONES))}")
+    accepted = backbone_options(name)
     constructor = BACKBONES[name]
-    accepted = set(inspect.signature(constructor).parameters) - {"embedding_size"}
     unknown = sorted(set(options) - accepted)
     if unknown:
         raise TypeError(f"backbone {name!r} takes no option {', '.join(unknown)}; "

@@ -3,18 +3,26 @@
 MACs are counted by running one forward pass with hooks on the layers that multiply-accumulate:
 - `nn.Conv2d`: every output element costs (in_channels / groups) * kernel_h * kernel_w MACs, so a
   depthwise conv costs kernel_h * kernel_w per output element;
-- `nn.Linear`: every output element costs in_features MACs.
-Other multiply-accumulating layers (Conv1d, ConvTranspose2d, attention matmuls) are not hooked:
-none of the backbones here has one.
-A bias add is not counted (it is an addition, not a multiply-accumulate). Batch norm, PReLU/ReLU,
-pooling, upsampling, sigmoid gates, residual additions and attention products are elementwise, not
-MACs, and are left out. This is the MobileFaceNet paper's "MAdds" convention. insightface's model
-table ("GFLOPs") quotes ptflops, which counts the same MACs plus about one operation per BN/PReLU
-output element: 0.02 G on top of ir50's 6.31 G, so the figures compare to within 1%.
+- `nn.Linear`: every output element costs in_features MACs;
+- the ViTs' `ScaledDotProductAttention`: q k^T costs tokens_q * tokens_k * head_dim per head and
+  attention-weights x v costs tokens_q * tokens_k * value_dim, i.e. 2 * 144^2 * width per ViT block
+  (insightface counts the same products as its ViTs' `extra_gflops`).
+Other multiply-accumulating layers (Conv1d, ConvTranspose2d) are not hooked: none of the backbones
+here has one.
+A bias add is not counted (it is an addition, not a multiply-accumulate). Batch/layer norm,
+PReLU/ReLU, softmax, pooling, upsampling, sigmoid gates, residual additions and the CNNs'
+attention gates are elementwise, not MACs, and are left out. This is the MobileFaceNet paper's
+"MAdds" convention. insightface's model table ("GFLOPs") quotes ptflops, which counts the same MACs
+plus about one operation per BN/PReLU output element: 0.02 G on top of ir50's 6.31 G, so the
+figures compare to within 1%.
 """
 
 import torch
 from torch import nn
+
+from .vit import ScaledDotProductAttention
+
+COUNTED = (nn.Conv2d, nn.Linear, ScaledDotProductAttention)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -30,10 +38,13 @@ def fp32_size_bytes(model: nn.Module) -> int:
     return 4 * sum(tensor.numel() for tensor in floats)
 
 
-def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
+def _layer_macs(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
     if isinstance(module, nn.Conv2d):
         kernel_h, kernel_w = module.kernel_size
         return output.numel() * (module.in_channels // module.groups) * kernel_h * kernel_w
+    if isinstance(module, ScaledDotProductAttention):
+        q, k, v = inputs  # [..., tokens, dim]
+        return q.shape[:-1].numel() * k.shape[-2] * (q.shape[-1] + v.shape[-1])
     return output.numel() * module.in_features
 
 
@@ -45,12 +56,12 @@ def count_macs(model: nn.Module, input_size=(1, 3, 112, 112)) -> int:
     restored after."""
     total = 0
 
-    def add_macs(module, _inputs, output):
+    def add_macs(module, inputs, output):
         nonlocal total
-        total += _layer_macs(module, output)
+        total += _layer_macs(module, inputs, output)
 
     hooks = [module.register_forward_hook(add_macs)
-             for module in model.modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
+             for module in model.modules() if isinstance(module, COUNTED)]
     first_parameter = next(model.parameters())
     modes = {module: module.training for module in model.modules()}
     try:

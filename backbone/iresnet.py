@@ -16,6 +16,8 @@ attention on each residual branch.
   16) over average- and max-pooled channels; a 7x7 conv over channel-average and channel-max maps
   (the paper's kernel; the old repository used 3x3).
 The attention gate sits at the end of the residual branch, after its last BN and before the add.
+`grad_checkpoint` recomputes each residual unit's activations in the backward pass instead of
+storing them (backbone/checkpointing.py), which leaves the state_dict and the function unchanged.
 """
 
 from functools import partial
@@ -23,6 +25,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from .checkpointing import checkpointed
 from .layers import PReLU
 from .output_layer import option_e_layers
 
@@ -124,13 +127,15 @@ class IRBlock(nn.Module):
 
 class IResNet(nn.Module):
     """IR network with `units_per_stage` units in its four stages and `attention` (a key of
-    ATTENTIONS, or None) on every unit; float [B,3,112,112] -> [B, embedding_size]."""
+    ATTENTIONS, or None) on every unit; float [B,3,112,112] -> [B, embedding_size].
+    `grad_checkpoint` checkpoints every residual unit when training with grad."""
 
     STAGE_CHANNELS = (64, 128, 256, 512)
 
     def __init__(self, units_per_stage, attention: str | None, embedding_size: int = 512,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, grad_checkpoint: bool = False):
         super().__init__()
+        self.grad_checkpoint = grad_checkpoint
         if attention is not None and attention not in ATTENTIONS:
             raise ValueError(f"unknown attention {attention!r}; valid: {sorted(ATTENTIONS)} or None")
         attention_class = ATTENTIONS[attention] if attention else None
@@ -147,7 +152,10 @@ class IResNet(nn.Module):
 
     def forward(self, x):
         x = self.prelu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        checkpointing = self.grad_checkpoint and self.training and torch.is_grad_enabled()
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for unit in stage:
+                x = checkpointed(unit, x) if checkpointing else unit(x)
         x = self.dropout(self.bn2(x))
         return self.features(self.fc(torch.flatten(x, 1)))
 
@@ -162,7 +170,7 @@ UNITS_PER_STAGE = {
 }
 
 # (units per stage, attention): the depth and the attention are what the registry name fixes; the
-# caller chooses only embedding_size and dropout.
+# caller chooses only embedding_size, dropout and grad_checkpoint.
 ir18 = partial(IResNet, UNITS_PER_STAGE[18], None)
 ir34 = partial(IResNet, UNITS_PER_STAGE[34], None)
 ir50 = partial(IResNet, UNITS_PER_STAGE[50], None)

@@ -1,7 +1,7 @@
 """Turn published face-recognition checkpoints into this repository's backbone-only checkpoints.
 
 Sources and the networks they map onto are in `interop.published_layouts` (insightface arcface_torch
-iresnet checkpoints; TreB1eN InsightFace_Pytorch IR/IR-SE and MobileFaceNet checkpoints). Every
+iresnet and ViT checkpoints; TreB1eN InsightFace_Pytorch IR/IR-SE and MobileFaceNet checkpoints). Every
 tensor is accounted for: a key the layout needs that the file lacks, a key of the file that the
 layout does not use, or a shape that differs from ours is an error naming the key and the file.
 The one exception is BN's `num_batches_tracked`, which files saved by PyTorch < 0.4.1 (as 2018

@@ -11,6 +11,17 @@ function (dropout is elementwise, and the identity in eval mode). Its `fp16` fla
 convolutional part under CUDA autocast and the FC in fp32; the stored weights are fp32 (fp16
 ones are cast to fp32). So the mapping is the identity on keys.
 
+insightface arcface_torch ViTs (`backbones/vit.py`, get_model's `vit_t`, `vit_s`, `vit_b`, `vit_h` and
+their WebFace42M variants `vit_t_dp005_mask0`, `vit_s_dp005_mask_0`, `vit_b_dp005_mask_005`,
+`vit_l_dp005_mask_005`, which differ only in training regularisation): its `VisionTransformer` with
+img_size 112, patch_size 9, norm_layer "ln", num_classes = the embedding size, is backbone/vit.py's
+network with the same attribute names: `patch_embed.proj`, `pos_embed` (1, 144, D), `mask_token`
+(1, 1, D), `blocks.N.{norm1, attn.qkv (no bias), attn.proj, norm2, mlp.fc1, mlp.fc2}`, `norm`,
+`feature.0` (Linear 144*D -> D, no bias), `feature.1` (BN1d), `feature.2` (Linear D -> embedding, no
+bias), `feature.3` (BN1d). Its Dropout and DropPath hold no tensors. Its forward
+runs the linear layers under CUDA autocast and the attention products in fp32; the stored weights
+are fp32. So the mapping is the identity on keys, like the iresnets'.
+
 TreB1eN InsightFace_Pytorch (`model.py`, checkpoints `model_ir_se50.pth`, `model_mobilefacenet.pth`):
 - `Backbone(num_layers 50/100/152, mode "ir"/"ir_se")`: `input_layer` (conv3x3, BN, PReLU); `body`,
   one flat Sequential of units with the unit counts of ours (50: 3, 4, 14, 3), the first of each
@@ -58,7 +69,8 @@ class Layout:
             self.renamed[f"{ours}.{name}"] = f"{theirs}.{name}"
 
 
-def insightface_iresnet(model: nn.Module) -> Layout:
+def same_keys(model: nn.Module) -> Layout:
+    """insightface's iresnets and ViTs: our attribute names are theirs."""
     return Layout(renamed={key: key for key in model.state_dict()})
 
 
@@ -109,8 +121,10 @@ def treb1en_mobilefacenet(model: nn.Module) -> Layout:
 
 # source -> our backbone name -> (layout builder, the published key whose rows are the embedding).
 LAYOUTS = {
-    "insightface": {name: (insightface_iresnet, "fc.weight")
-                    for name in ("ir18", "ir34", "ir50", "ir100", "ir200")},
+    "insightface": {
+        **{name: (same_keys, "fc.weight") for name in ("ir18", "ir34", "ir50", "ir100", "ir200")},
+        **{name: (same_keys, "feature.2.weight") for name in ("vit_t", "vit_s", "vit_b", "vit_l", "vit_h")},
+    },
     "treb1en": {
         **{name: (treb1en_ir, "output_layer.3.weight")
            for name in ("ir50", "ir100", "ir152", "ir_se50", "ir_se100", "ir_se152")},

@@ -3,10 +3,12 @@
 
 Every registered network is built on the CPU. One network per block type takes a train-mode
 forward and backward pass; its deeper siblings run one eval-mode image, and the deepest (100 layers
-and more with attention, 152 and 200 layers, Attention-92), whose blocks the others already run,
-are only built and parameter-counted, to keep the file at seconds on two cores. Parameter counts are checked against published figures (insightface's iresnet50/100, the MobileFaceNet and
-Residual Attention papers, torchvision's resnet50) and, for the depths nobody publishes, against a
-closed-form count of the architecture that the published ones anchor.
+and more with attention, 152 and 200 layers, Attention-92, ViT-S/B/L/H), whose blocks the others
+already run, are only built and parameter-counted (the ViTs in tests/test_vit.py, on the meta
+device), to keep the file at seconds on two cores. Parameter counts are checked against published
+figures (insightface's iresnet50/100, the MobileFaceNet and Residual Attention papers,
+torchvision's resnet50) and, for the depths nobody publishes, against a closed-form count of the
+architecture that the published ones anchor.
 """
 
 import re
@@ -22,15 +24,16 @@ from backbone.iresnet import IResNet
 EMBEDDING_SIZE = 64  # not any network's default, so the option demonstrably reaches the output
 
 # One train-mode pass per distinct block: MobileFaceNet's bottleneck, the IR unit, SE, CBAM (its
-# channel and spatial gates are the cam/sam modules), ResNet's bottleneck, the attention module
-# and SphereFace's unit.
+# channel and spatial gates are the cam/sam modules), ResNet's bottleneck, the attention module,
+# SphereFace's unit and the transformer block.
 TRAIN_CHECKED = ["mobilefacenet", "ir18", "ir_se18", "ir_cbam50", "resnet50", "attention56",
-                 "spherenet20"]
+                 "spherenet20", "vit_t"]
 EVAL_CHECKED = ["ir34", "ir50", "ir100", "ir_se34", "ir_se50", "ir_cam50", "ir_sam50", "spherenet64"]
-# Built and parameter-counted only (test_ir_parameters_follow_the_architecture and
-# test_attention92_adds_one_stage2_and_two_stage3_modules); their blocks run in the nets above.
+# Built and parameter-counted only (test_ir_parameters_follow_the_architecture,
+# test_attention92_adds_one_stage2_and_two_stage3_modules, tests/test_vit.py's
+# test_vit_parameters_follow_the_architecture); their blocks run in the nets above.
 BUILD_CHECKED = ["ir152", "ir200", "ir_se100", "ir_se152", "ir_se200", "ir_cam100", "ir_sam100",
-                 "ir_cbam100", "attention92"]
+                 "ir_cbam100", "attention92", "vit_s", "vit_b", "vit_l", "vit_h"]
 
 
 def faces(batch: int) -> torch.Tensor:
@@ -42,7 +45,7 @@ def faces(batch: int) -> torch.Tensor:
 def test_every_backbone_is_checked_exactly_once():
     checked = TRAIN_CHECKED + EVAL_CHECKED + BUILD_CHECKED
     assert sorted(checked) == sorted(BACKBONES)
-    assert all(name.startswith("ir") or name == "attention92" for name in BUILD_CHECKED)
+    assert all(name.startswith(("ir", "vit_")) or name == "attention92" for name in BUILD_CHECKED)
 
 
 @pytest.mark.parametrize("name", TRAIN_CHECKED)
@@ -58,7 +61,7 @@ def test_train_forward_backward(name):
     (embeddings * projection).sum().backward()
     # The BN-Dropout-FC-BN output keeps insightface's last-BN scale fixed at 1; nothing else is frozen.
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
-    assert frozen == ([] if name in ("mobilefacenet", "spherenet20") else ["features.weight"])
+    assert frozen == ([] if name in ("mobilefacenet", "spherenet20", "vit_t") else ["features.weight"])
     for parameter_name, parameter in model.named_parameters():
         if parameter.requires_grad:
             assert parameter.grad is not None, f"{parameter_name} is not used in the forward pass"

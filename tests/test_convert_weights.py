@@ -1,6 +1,6 @@
 """tools/convert_weights.py: published checkpoints, built here with the published key layout and
-shapes (from insightface arcface_torch's backbones/iresnet.py and TreB1eN InsightFace_Pytorch's
-model.py) and random values, convert into backbone files whose network computes what the
+shapes (from insightface arcface_torch's backbones/iresnet.py and backbones/vit.py and TreB1eN
+InsightFace_Pytorch's model.py) and random values, convert into backbone files whose network computes what the
 published forward pass computes. That forward pass is restated below as functional code over the
 published state_dict, in eval mode."""
 
@@ -70,6 +70,46 @@ def insightface_iresnet_state(layers, num_features=512, seed=0):
     return state
 
 
+def insightface_vit_state(dim, depth, num_features=512, seed=3):
+    """arcface_torch VisionTransformer(img_size=112, patch_size=9, embed_dim=dim, depth=depth,
+    num_heads=8, norm_layer="ln", num_classes=num_features): 144 patch tokens; linear weights at
+    1/sqrt(fan-in) so that attention is far from uniform and every block changes the tokens."""
+    g = torch.Generator().manual_seed(seed)
+    tokens, hidden = 144, 4 * dim
+
+    def linear(name, out_features, in_features, bias=True):
+        state[f"{name}.weight"] = torch.randn(out_features, in_features, generator=g) * in_features ** -0.5
+        if bias:
+            state[f"{name}.bias"] = torch.randn(out_features, generator=g) * 0.1
+
+    def layer_norm(name):
+        state[f"{name}.weight"] = torch.rand(dim, generator=g) + 0.5
+        state[f"{name}.bias"] = torch.randn(dim, generator=g) * 0.1
+
+    state = {"pos_embed": torch.randn(1, tokens, dim, generator=g) * 0.5,
+             "mask_token": torch.randn(1, 1, dim, generator=g) * 0.02}
+    add_conv(state, "patch_embed.proj", dim, 3, 9, g)
+    state["patch_embed.proj.bias"] = torch.randn(dim, generator=g) * 0.1
+    for block in range(depth):
+        name = f"blocks.{block}"
+        layer_norm(f"{name}.norm1")
+        linear(f"{name}.attn.qkv", 3 * dim, dim, bias=False)
+        linear(f"{name}.attn.proj", dim, dim)
+        layer_norm(f"{name}.norm2")
+        linear(f"{name}.mlp.fc1", hidden, dim)
+        state[f"{name}.mlp.fc1.weight"] *= 3  # a few % of the pre-activations above ReLU6's cap
+        linear(f"{name}.mlp.fc2", dim, hidden)
+    layer_norm("norm")
+    linear("feature.0", dim, tokens * dim, bias=False)
+    add_bn(state, "feature.1", dim, g)
+    linear("feature.2", num_features, dim, bias=False)
+    add_bn(state, "feature.3", num_features, g)
+    for name, width in (("feature.1", dim), ("feature.3", num_features)):
+        # small variances, so that BN's eps (2e-5 here) shows in the output
+        state[f"{name}.running_var"] = torch.rand(width, generator=g) * 0.01 + 0.01
+    return state
+
+
 # TreB1eN get_blocks(50): (in_channel, depth, stride) of every unit of `body`.
 TREB1EN_50_UNITS = [(64, 64, 2), (64, 64, 1), (64, 64, 1), (64, 128, 2), *[(128, 128, 1)] * 3,
                     (128, 256, 2), *[(256, 256, 1)] * 13, (256, 512, 2), *[(512, 512, 1)] * 2]
@@ -135,9 +175,9 @@ def treb1en_mobilefacenet_state(embedding_size=512, seed=2):
 
 # --- the published forward passes, restated --------------------------------------------------------
 
-def batch_norm(state, name, x):
+def batch_norm(state, name, x, eps=BN_EPS):
     return F.batch_norm(x, state[f"{name}.running_mean"], state[f"{name}.running_var"],
-                        state[f"{name}.weight"], state[f"{name}.bias"], training=False, eps=BN_EPS)
+                        state[f"{name}.weight"], state[f"{name}.bias"], training=False, eps=eps)
 
 
 def insightface_iresnet_forward(s, x, layers):
@@ -155,6 +195,31 @@ def insightface_iresnet_forward(s, x, layers):
             x = out + identity
     x = torch.flatten(batch_norm(s, "bn2", x), 1)  # then dropout: the identity in eval mode
     return batch_norm(s, "features", F.linear(x, s["fc.weight"], s["fc.bias"]))
+
+
+def insightface_vit_forward(s, x, depth, heads=8):
+    """VisionTransformer.forward in eval mode (no masking; dropout and drop path are the identity),
+    the attention written out as its Attention.forward does: explicit scores, softmax, product."""
+    x = F.conv2d(x, s["patch_embed.proj.weight"], s["patch_embed.proj.bias"], stride=9)
+    x = x.flatten(2).transpose(1, 2) + s["pos_embed"]
+    batch, tokens, dim = x.shape
+
+    def layer_norm(name, x):
+        return F.layer_norm(x, (dim,), s[f"{name}.weight"], s[f"{name}.bias"], eps=1e-5)
+
+    for block in range(depth):
+        name = f"blocks.{block}"
+        qkv = F.linear(layer_norm(f"{name}.norm1", x), s[f"{name}.attn.qkv.weight"])
+        qkv = qkv.reshape(batch, tokens, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+        scores = (qkv[0] @ qkv[1].transpose(-2, -1)) * (dim // heads) ** -0.5
+        mixed = (scores.softmax(dim=-1) @ qkv[2]).transpose(1, 2).reshape(batch, tokens, dim)
+        x = x + F.linear(mixed, s[f"{name}.attn.proj.weight"], s[f"{name}.attn.proj.bias"])
+        hidden = F.relu6(F.linear(layer_norm(f"{name}.norm2", x), s[f"{name}.mlp.fc1.weight"],
+                                  s[f"{name}.mlp.fc1.bias"]))
+        x = x + F.linear(hidden, s[f"{name}.mlp.fc2.weight"], s[f"{name}.mlp.fc2.bias"])
+    x = layer_norm("norm", x).reshape(batch, tokens * dim)
+    x = batch_norm(s, "feature.1", F.linear(x, s["feature.0.weight"]), eps=2e-5)
+    return batch_norm(s, "feature.3", F.linear(x, s["feature.2.weight"]), eps=2e-5)
 
 
 def treb1en_ir_se_forward(s, x, units):
@@ -203,7 +268,7 @@ def images(batch_size=2):
     return torch.rand(batch_size, 3, 112, 112, generator=generator) * 2 - 1
 
 
-def assert_same_function(ours, reference):
+def assert_same_function(ours, reference, tolerance=1e-6):
     """Equal to float rounding: 1e-6 of the embedding's scale, tight enough to notice a BN standing
     for TreB1eN's missing one left at PyTorch's default statistics (a factor 1/sqrt(1 + 1e-5) per
     unit), which stays far below the usual 1e-5."""
@@ -211,12 +276,16 @@ def assert_same_function(ours, reference):
     scale = reference.abs().max().item()
     assert scale > 0.1  # a real embedding, not one that vanished
     difference = (ours - reference).abs().max().item()
-    assert difference <= 1e-6 * max(1.0, scale), f"max difference {difference:.2e} at scale {scale:.3g}"
+    assert difference <= tolerance * max(1.0, scale), f"max difference {difference:.2e} at scale {scale:.3g}"
 
 
 CASES = {
     "insightface ir18": ("insightface", "ir18", lambda: insightface_iresnet_state((2, 2, 2, 2)),
                          lambda s, x: insightface_iresnet_forward(s, x, (2, 2, 2, 2))),
+    # The ViTs' attention runs through a fused kernel here and as explicit products there: the
+    # accumulation order differs, so the bound is the usual 1e-5 (still far below any real change).
+    "insightface vit_t": ("insightface", "vit_t", lambda: insightface_vit_state(256, 12),
+                          lambda s, x: insightface_vit_forward(s, x, 12), 1e-5),
     "treb1en ir_se50": ("treb1en", "ir_se50", lambda: treb1en_ir_se_state(TREB1EN_50_UNITS),
                         lambda s, x: treb1en_ir_se_forward(s, x, TREB1EN_50_UNITS)),
     "treb1en mobilefacenet": ("treb1en", "mobilefacenet", treb1en_mobilefacenet_state,
@@ -226,7 +295,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", CASES)
 def test_converted_network_computes_the_published_forward(case, tmp_path, capsys):
-    source, arch, make_state, published_forward = CASES[case]
+    source, arch, make_state, published_forward, *tolerance = CASES[case]
     published = make_state()
     # TreB1eN's files date from 2018: the legacy (pre-1.6) serialisation.
     torch.save(published, tmp_path / "published.pth", _use_new_zipfile_serialization=source == "insightface")
@@ -235,7 +304,7 @@ def test_converted_network_computes_the_published_forward(case, tmp_path, capsys
     model, name, embedding_size = load_backbone(tmp_path / "ours.pt")
     assert (name, embedding_size) == (arch, 512)
     with torch.no_grad():
-        assert_same_function(model(images()), published_forward(published, images()))
+        assert_same_function(model(images()), published_forward(published, images()), *tolerance)
 
 
 def test_fp16_and_data_parallel_files_convert(tmp_path):
@@ -289,3 +358,10 @@ def test_the_tool_reports_errors_in_one_line(tmp_path):
     result = subprocess.run([sys.executable, TOOL, "--source", "treb1en", "--arch",
                              "ir18", path, str(tmp_path / "o.pt")], capture_output=True, text=True)
     assert result.returncode == 2 and "valid: ir50, ir100, ir152, ir_se50" in result.stderr
+
+
+def test_a_vit_file_of_another_width_is_refused():
+    published = insightface_vit_state(256, 12)  # vit_t: vit_s has the same keys at width 512
+    with pytest.raises(DataFormatError, match=r"vit_t\.pt: shapes differ from insightface vit_s's: "
+                                              r"pos_embed \(1, 144, 256\) \(ours pos_embed \(1, 144, 512\)\)"):
+        convert_state_dict("insightface", "vit_s", published, "vit_t.pt")

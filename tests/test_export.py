@@ -15,7 +15,8 @@ from evaluation.model_loading import backbone_file
 
 EMBEDDING_SIZE = 16
 # One network of every family; the smallest of each that the registry has.
-FAMILIES = ["mobilefacenet", "ir18", "ir_se18", "ir_cbam50", "resnet50", "attention56", "spherenet20"]
+FAMILIES = ["mobilefacenet", "ir18", "ir_se18", "ir_cbam50", "resnet50", "attention56", "spherenet20",
+            "vit_t"]
 
 
 def random_backbone(name: str) -> torch.nn.Module:

@@ -5,6 +5,7 @@
     python tools/benchmark.py --backbone mobilefacenet --batch-size 64 --device cpu --dtype bf16
     python tools/benchmark.py --backbone ir50 --device cuda --loader rec:data/faces_webface_112x112
     python tools/benchmark.py --backbone ir100 --num-classes 1000000 --sharded-head --sample-rate 0.3
+    python tools/benchmark.py --backbone vit_b --batch-size 8 --device cpu --grad-checkpoint
 
 Training: images/s of full optimizer steps (forward, margin head, cross-entropy, backward, SGD) with a
 batch already on the device, or, with --loader rec:PATH, fed by the real DataLoader from a .rec pack.
@@ -12,7 +13,9 @@ FLOP/s count 3 x 2 x MACs per image (forward, and a backward of twice the forwar
 walking the backbone, plus the head's 3 x 2 x B x C x D. --eval also times feature extraction, the
 verification protocols (6,000 pairs) and a MegaFace search with random features.
 On the CPU the allocator recycles freed memory as in train.py (--default-allocator turns that off, for
-the A/B) and max_rss_gb is the process's peak resident memory; on CUDA max_memory_gb is torch's peak.
+the A/B) and max_rss_gb is the process's peak resident memory; on CUDA max_memory_gb is torch's peak
+(torch.cuda.max_memory_allocated). --grad-checkpoint recomputes the backbone's activations in the
+backward pass (IR nets, ViTs): run it and the plain step as separate processes to compare the peaks.
 --csv FILE appends the result as a row; --json prints one JSON object.
 """
 
@@ -28,10 +31,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from backbone import BACKBONES, backbone_options  # noqa: E402
 from backbone.complexity import count_macs  # noqa: E402
 from config import Config  # noqa: E402
 from runtime import keep_freed_cpu_memory, positive_int  # noqa: E402
-from training.components import build_model, build_optimizers  # noqa: E402
+from training.components import build_model, build_train_state  # noqa: E402
 from training.distributed import DistributedContext  # noqa: E402
 from training.step import TrainStep  # noqa: E402
 
@@ -76,9 +80,9 @@ def loader_batches(pack: str, cfg: Config, device):
 
 def time_training(cfg: Config, device, num_classes: int, steps: int, warmup: int, pack: str | None) -> dict:
     context = DistributedContext(device=device)
-    backbone, classifier, aux_loss = build_model(cfg, context, num_classes)
-    optimizers, scaler = build_optimizers(cfg, backbone, classifier, aux_loss)
-    step = TrainStep(cfg, context, backbone, classifier, aux_loss, optimizers, scaler)
+    state = build_train_state(cfg, context, num_classes)
+    backbone = state.backbone
+    step = TrainStep(cfg, context, state)
     batches = loader_batches(pack, cfg, device) if pack else resident_batches(cfg.batch_size, num_classes, device)
     for _ in range(warmup):
         step(batches)
@@ -143,6 +147,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cuda", "cpu"))
     parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--grad-checkpoint", action="store_true",
+                        help="gradient checkpointing of the backbone (IR nets and ViTs)")
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--sharded-head", action="store_true", help="the Partial FC classifier (one process here)")
     parser.add_argument("--sample-rate", type=float, default=1.0)
@@ -160,6 +166,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.loader and not args.loader.startswith("rec:"):
         parser.error(f"--loader {args.loader!r}: expected rec:PATH")
+    if args.grad_checkpoint and "grad_checkpoint" not in backbone_options(args.backbone):
+        supported = ", ".join(name for name in BACKBONES if "grad_checkpoint" in backbone_options(name))
+        parser.error(f"--grad-checkpoint: backbone {args.backbone!r} has none; valid: {supported}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -167,11 +176,13 @@ def main(argv=None):
     embedding_size = args.embedding_size or (128 if args.backbone == "mobilefacenet" else 512)
     cfg = Config(backbone=args.backbone, embedding_size=embedding_size, head=args.head, s=64.0, m=0.5,
                  batch_size=args.batch_size, precision=args.dtype, compile=args.compile,
+                 grad_checkpoint=args.grad_checkpoint,
                  channels_last=not args.no_channels_last, sharded_head=args.sharded_head,
                  sample_rate=args.sample_rate, workers=args.workers)
     result = {"backbone": args.backbone, "head": args.head, "batch_size": args.batch_size,
               "num_classes": args.num_classes, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
               else f"cpu x{torch.get_num_threads()}", "dtype": args.dtype, "compile": args.compile,
+              "grad_checkpoint": args.grad_checkpoint,
               "channels_last": cfg.channels_last, "sharded_head": args.sharded_head, "sample_rate": args.sample_rate,
               "loader": args.loader or "device-resident", "recycling_allocator": recycling_allocator,
               "torch": torch.__version__}

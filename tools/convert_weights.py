@@ -2,13 +2,15 @@
 eval script and tools/export.py load.
 
     python tools/convert_weights.py --source insightface --arch ir100 backbone.pth ir100_ms1mv3.pt
+    python tools/convert_weights.py --source insightface --arch vit_b model.pt vit_b_wf42m.pt
     python tools/convert_weights.py --source treb1en --arch ir_se50 model_ir_se50.pth ir_se50_treb1en.pt
     python tools/convert_weights.py --source treb1en --arch mobilefacenet model_mobilefacenet.pth mfn.pt
 
 Sources: insightface arcface_torch `backbone.pth` of iresnet18/34/50/100/200 (--arch ir18/34/50/100/
-200); TreB1eN InsightFace_Pytorch `model_ir_se50.pth` (--arch ir_se50; its Backbone's other depths
-and "ir" mode map onto ir50/100/152 and ir_se100/152) and `model_mobilefacenet.pth` (--arch
-mobilefacenet, 512-d). interop/published_layouts.py says how each maps onto our networks. Every
+200) and of its ViTs (--arch vit_t/s/b/l/h, the WebFace42M `_dp005_mask` variants included: same
+weights layout); TreB1eN InsightFace_Pytorch `model_ir_se50.pth` (--arch ir_se50; its Backbone's
+other depths and "ir" mode map onto ir50/100/152 and ir_se100/152) and `model_mobilefacenet.pth`
+(--arch mobilefacenet, 512-d). interop/published_layouts.py says how each maps onto our networks. Every
 tensor of the file is used and every one of ours filled; a missing or unexpected key or a shape that
 differs is an error naming it. Both sources expect the input this repository uses: RGB 112x112,
 (x/255 - 0.5)/0.5.

@@ -21,6 +21,19 @@ for spec in "mobilefacenet 512" "ir50 512" "ir100 512"; do
       --compile --steps 30 --warmup 10 --csv "$CSV" --json
 done
 run $PY tools/benchmark.py --backbone ir50 --batch-size 512 --num-classes 10575 --device cuda --dtype bf16 --steps 30 --warmup 10 --csv "$CSV" --json
+# ViT training throughput (compiled), then gradient checkpointing against none: peak CUDA memory
+# (max_memory_gb, torch.cuda.max_memory_allocated) and images/s, each in its own process
+for spec in "vit_t 512" "vit_b 256"; do
+  set -- $spec
+  run $PY tools/benchmark.py --backbone "$1" --batch-size "$2" --num-classes 10575 --device cuda --dtype bf16 \
+      --compile --steps 30 --warmup 10 --csv "$CSV" --json
+done
+for backbone in ir100 vit_b; do
+  for checkpointing in "" --grad-checkpoint; do
+    run $PY tools/benchmark.py --backbone "$backbone" --batch-size 256 --num-classes 10575 --device cuda \
+        --dtype bf16 $checkpointing --steps 20 --warmup 5 --csv "$CSV" --json
+  done
+done
 # 1,000,000 classes with the sharded/sampled head (Partial FC) against 10,575
 run $PY tools/benchmark.py --backbone ir50 --batch-size 512 --num-classes 1000000 --device cuda --dtype bf16 \
     --compile --sharded-head --sample-rate 0.1 --steps 30 --warmup 10 --csv "$CSV" --json
