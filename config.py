@@ -22,11 +22,13 @@ import sys
 import typing
 from dataclasses import dataclass, field
 
+import torch
+
 from backbone import BACKBONES, backbone_options
 from evaluation.verification import PROTOCOLS
 from margin import AUX_LOSSES, MARGINS, build_margin
 from runtime import DEVICES, PRECISIONS, UsageError, check_precision, resolve_device
-from training.components import OPTIMIZERS, head_hyperparameters
+from training.components import OPTIMIZERS, build_backbone_for, head_hyperparameters
 from training.schedule import SCHEDULES
 
 
@@ -62,6 +64,7 @@ class Config:
     embedding_size: int = 128  # the old repository's MobileFaceNet width; IR nets use 512
     dropout: float = 0.0  # before the embedding FC of the IR/ResNet nets; insightface trains with 0
     grad_checkpoint: bool = False  # recompute activations in backward (IR nets, ViTs): less memory, slower steps
+    backbone_options: dict = field(default_factory=dict)  # further constructor options, e.g. {"mask_ratio": 0.05} (ViT)
     # Fine-tuning: start the backbone from a file (a run's backbone.pt or checkpoint.pt, a converted
     # published model); the head starts fresh. resume (below) instead continues the same run.
     init_backbone: str = ""
@@ -299,11 +302,21 @@ def validate(cfg: Config, origins: dict[str, str] | None = None, world_size: int
         fail("sample_rate", f"1.0 for head {cfg.head!r} (class sampling needs a cosine margin head)")
 
     options = backbone_options(cfg.backbone)
+    for key in cfg.backbone_options:
+        if key in ("dropout", "grad_checkpoint"):
+            fail("backbone_options", f"options other than {key}, which is a config key of its own")
+        if key not in options:
+            fail("backbone_options", f"options of {cfg.backbone}: {', '.join(sorted(options)) or 'none'}")
     for key, wanted in (("dropout", cfg.dropout > 0), ("grad_checkpoint", cfg.grad_checkpoint)):
         if wanted and key not in options:
             supported = sorted(name for name in BACKBONES if key in backbone_options(name))
             fail(key, f"{'0' if key == 'dropout' else 'false'} for backbone {cfg.backbone!r}; "
                       f"backbones that take it: {', '.join(supported) or 'none'}")
+    try:  # the network's constructor judges its options' values; on the meta device it costs nothing
+        with torch.device("meta"):
+            build_backbone_for(cfg)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{where('backbone_options')}: backbone {cfg.backbone!r} refuses its options ({error})") from None
     try:  # the head's constructor judges its own options (ranges, types)
         build_margin(cfg.head, 2, 2, **head_hyperparameters(cfg))
     except (ValueError, TypeError) as error:

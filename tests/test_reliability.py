@@ -89,6 +89,8 @@ BAD_VALUES = [
     (["--head=softmax", "--sample_rate=0.5"], "sample_rate=0.5"),
     (["--dropout=0.3"], "dropout=0.3 is invalid; valid: 0 for backbone 'mobilefacenet'"),
     (["--milestones=5,2"], "milestones=[5.0, 2.0]"),
+    (['--backbone_options={"mask_ratio": 0.5}'], "options of mobilefacenet: none"),
+    (["--backbone=vit_t", '--backbone_options={"mask_ratio": 1.5}'], "backbone 'vit_t' refuses its options"),
     (["--lr=nan"], "lr=nan"),
     (["--num_classes=3"], "the largest label is 5, but num_classes says 3 classes"),
     (["--batch_size=64"], "60 images, fewer than one batch of batch_size=64"),
@@ -232,6 +234,20 @@ def test_sigterm_writes_a_checkpoint_and_the_resumed_run_is_bit_identical(data, 
     for part in ("backbone", "head"):
         for key, value in a[part].items():
             assert torch.equal(value, b[part][key]), f"{part}.{key} differs after SIGTERM and resume"
+
+
+def test_a_resumed_run_draws_the_same_random_numbers(data, tmp_path):
+    # ViT-T masks tokens and drops paths at random in training: a resume must replay the same draws
+    vit = ["--backbone=vit_t", "--embedding_size=64", "--batch_size=8", '--backbone_options={"mask_ratio": 0.3}',
+           "--flip=true"]
+    train.main(base_args(data / "pack", tmp_path, "straight", *vit, "--max_steps=4"))
+    train.main(base_args(data / "pack", tmp_path, "resumed", *vit, "--max_steps=2"))
+    train.main(base_args(data / "pack", tmp_path, "resumed", *vit, "--max_steps=4"))
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    for part in ("backbone", "head"):
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), f"{part}.{key} differs after resume"
 
 
 # ---------------------------------------------------------------- bad records

@@ -46,7 +46,7 @@ def time_loader(view, workers: int, batch_size: int, passes: int) -> float:
     start = time.perf_counter()
     seen = 0
     for _ in range(passes):
-        for images, _ in loader:
+        for images, *_ in loader:
             seen += images.shape[0]
     return seen / (time.perf_counter() - start)
 

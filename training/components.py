@@ -41,7 +41,9 @@ def head_hyperparameters(cfg) -> dict:
 
 def build_backbone_for(cfg) -> torch.nn.Module:
     """The config's backbone, with the options it sets (on the CPU, not yet laid out)."""
-    options = {"dropout": cfg.dropout} if cfg.dropout else {}
+    options = dict(cfg.backbone_options)
+    if cfg.dropout:
+        options["dropout"] = cfg.dropout
     if cfg.grad_checkpoint:
         options["grad_checkpoint"] = True
     return build_backbone(cfg.backbone, cfg.embedding_size, **options)

@@ -68,9 +68,12 @@ def _ignore_stop_signals(_worker_id: int) -> None:
 def training_loader(train_set, cfg, context) -> tuple[torch.utils.data.DataLoader, StepBatchSampler]:
     sampler = StepBatchSampler(len(train_set), cfg.batch_size, context.world, context.rank, cfg.grad_accum, cfg.seed)
     view = TrainingView(train_set, cfg.flip, cfg.seed, skip_corrupt=cfg.skip_corrupt)
+    # Its own generator: iter(loader) draws the workers' base seed, and drawing it from torch's global
+    # generator would shift what dropout, ViT masking and head sampling draw after a resume.
     loader = torch.utils.data.DataLoader(view, batch_sampler=sampler, num_workers=cfg.workers,
                                          pin_memory=context.device.type == "cuda",
-                                         worker_init_fn=_ignore_stop_signals if cfg.workers else None)
+                                         worker_init_fn=_ignore_stop_signals if cfg.workers else None,
+                                         generator=torch.Generator().manual_seed(cfg.seed))
     return loader, sampler
 
 
