@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .synthetic_face import IMAGE_SIZE, draw_face, ellipse, identity_traits
+from .synthetic_face import IMAGE_SIZE, draw_face, ellipse, face_landmarks, identity_traits
 
 DEFAULT_DIFFICULTY = 0.5
 VERIFICATION_FOLDS = 10
@@ -85,6 +85,11 @@ class SyntheticFaces:
 
     def render(self, identity: int, index: int, variant: str = "lfw") -> np.ndarray:
         """Image ``index`` of ``identity`` as uint8 [112, 112, 3] RGB."""
+        return self.render_with_landmarks(identity, index, variant)[0]
+
+    def render_with_landmarks(self, identity: int, index: int, variant: str = "lfw") -> tuple[np.ndarray, np.ndarray]:
+        """(the image ``render`` gives, float64 [5, 2] where its left eye, right eye, nose tip and
+        left and right mouth corner are, x then y in pixels, after the pose and scale nuisance)."""
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
         if identity < 0 or index < 0:
@@ -104,16 +109,20 @@ class SyntheticFaces:
         ellipse(img, IMAGE_SIZE / 2 + u(-6, 6) * scene, IMAGE_SIZE + 8, 46, 26, 0, clothes)
         yaw = d * u(*spec.yaw) * (1 if u() < 0.5 else -1)
         age = d * u(*spec.age)
-        skin_field = draw_face(img, traits, yaw, age, eye_open=1 - d * n["blink"] * u() ** 2,
-                                mouth_open=d * n["mouth_open"] * max(u(-1, 1), 0),
-                                smile=d * n["smile"] * u(-1, 1))
-        return _degrade(_light_and_pose(img, skin_field, rng, d), rng, d)
+        eye_open = 1 - d * n["blink"] * u() ** 2
+        mouth_open = d * n["mouth_open"] * max(u(-1, 1), 0)
+        smile = d * n["smile"] * u(-1, 1)
+        skin_field = draw_face(img, traits, yaw, age, eye_open=eye_open, mouth_open=mouth_open, smile=smile)
+        lit, warp = _light_and_pose(img, skin_field, rng, d)
+        points = face_landmarks(traits, yaw, age, smile) @ warp[:, :2].T + warp[:, 2]
+        return _degrade(lit, rng, d), points
 
 
 def _light_and_pose(img: np.ndarray, skin_field: np.ndarray, rng: np.random.Generator,
-                    d: float) -> np.ndarray:
+                    d: float) -> tuple[np.ndarray, np.ndarray]:
     """Lighting (a linear gradient in a random direction, a gain and a per-channel cast, times
-    the identity's skin pattern), then rotation, scale and shift about the image centre."""
+    the identity's skin pattern), then rotation, scale and shift about the image centre; also
+    returns that 2x3 warp (canvas to image pixels)."""
     u, n = rng.uniform, _NUISANCE
     direction = u(0, 2 * np.pi)
     strength = d * n["light_gradient"] * u()
@@ -127,7 +136,7 @@ def _light_and_pose(img: np.ndarray, skin_field: np.ndarray, rng: np.random.Gene
                                    math.exp(d * n["log_scale"] * u(-1, 1)))
     warp[:, 2] += np.array([IMAGE_SIZE / 2, IMAGE_SIZE / 2]) - centre
     return cv2.warpAffine(img, warp, (IMAGE_SIZE, IMAGE_SIZE), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REFLECT_101)
+                          borderMode=cv2.BORDER_REFLECT_101), warp
 
 
 def _degrade(img: np.ndarray, rng: np.random.Generator, d: float) -> np.ndarray:

@@ -140,13 +140,30 @@ class _Head:
         return max(math.cos(turned), 0.0) / max(math.cos(turned - self.psi), 0.2)
 
 
+def _placement(t: Traits, yaw: float, age: float) -> tuple[float, float, float, _Head]:
+    """(half width, centre x, centre y, head) of ``t`` drawn at this yaw and age."""
+    a = t.face_a * (1 + 0.06 * age)
+    cx, cy = IMAGE_SIZE / 2, IMAGE_SIZE / 2 + 4
+    return a, cx, cy, _Head(cx, a, yaw)
+
+
+def face_landmarks(t: Traits, yaw: float, age: float, smile: float) -> np.ndarray:
+    """float64 [5, 2]: where ``draw_face`` puts the left eye, right eye, nose tip and left and
+    right mouth corner (x then y, canvas pixels; left = smaller x), the five points face
+    detectors report and ``dataset.align_face`` aligns by."""
+    a, _, cy, head = _placement(t, yaw, age)
+    eye_y, mouth_y = cy + t.eye_y, cy + t.mouth_y - smile * 4.0
+    return np.array([[head.x(-t.eye_dx), eye_y], [head.x(t.eye_dx), eye_y],
+                     [head.x(0, depth=0.25 * a), cy + t.eye_y + 2 + t.nose_len],
+                     [head.x(-t.mouth_w), mouth_y], [head.x(t.mouth_w), mouth_y]])
+
+
 def draw_face(img: np.ndarray, t: Traits, yaw: float, age: float, eye_open: float,
                mouth_open: float, smile: float) -> np.ndarray:
     """Draws the head of ``t`` onto ``img`` (float32 canvas), turned by ``yaw`` and aged;
     returns the identity's skin pattern as a [112, 112] brightness factor for the caller."""
-    a, b = t.face_a * (1 + 0.06 * age), t.face_b
-    cx, cy = IMAGE_SIZE / 2, IMAGE_SIZE / 2 + 4
-    head = _Head(cx, a, yaw)
+    a, cx, cy, head = _placement(t, yaw, age)
+    b = t.face_b
     hair = t.hair + (np.array([185.0, 185, 188]) - t.hair) * 0.75 * age  # greying
     skin = t.skin * (1 - 0.08 * age)
     shade = skin * 0.72
