@@ -1,4 +1,5 @@
-"""The conversion tools, run as a user runs them, on real files."""
+"""The conversion tools on real files: each tool runs once as a user runs it (a subprocess); the other
+calls of a tool run its main in this process."""
 
 import os
 import subprocess
@@ -17,6 +18,12 @@ def run_tool(name, *args):
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def images2rec(*args):
+    """tools/images2rec.py's main in this process."""
+    from tools.images2rec import main
+    main([str(arg) for arg in args])
 
 
 def images(count, seed=0):
@@ -41,12 +48,12 @@ def test_rec_to_images_to_rec_keeps_payloads_and_labels(tmp_path):
     write_record_pack(tmp_path / "pack", zip(images(5, seed=1), labels), num_classes=3)
     run_tool("rec2images.py", tmp_path / "pack", tmp_path / "folder")
     assert sorted(os.listdir(tmp_path / "folder")) == ["0", "1", "2", "list.txt"]
-    run_tool("images2rec.py", "--list", tmp_path / "folder" / "list.txt", tmp_path / "repacked")
+    images2rec("--list", tmp_path / "folder" / "list.txt", tmp_path / "repacked")
     original, repacked = RecordDataset(tmp_path / "pack"), RecordDataset(tmp_path / "repacked")
     assert repacked.header_range == original.header_range == (6, 9)
     for key in range(1, 6):
         assert repacked.read_raw(key) == original.read_raw(key)  # same label, byte-identical JPEG
-    run_tool("images2rec.py", "--folder", tmp_path / "folder", tmp_path / "from_folder")
+    images2rec("--folder", tmp_path / "folder", tmp_path / "from_folder")
     assert RecordDataset(tmp_path / "from_folder").labels().tolist() == labels
 
 
@@ -57,5 +64,5 @@ def test_images2rec_refuses_wrong_size_unless_resizing(tmp_path):
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode != 0 and "x.png, whole file: image is 120x100, expected 112x112" in result.stderr
     assert not (tmp_path / "p" / "train.rec").exists()
-    run_tool("images2rec.py", "--folder", tmp_path / "src", "--resize", tmp_path / "p")
+    images2rec("--folder", tmp_path / "src", "--resize", tmp_path / "p")
     assert RecordDataset(tmp_path / "p")[0][0].shape == (112, 112, 3)

@@ -1,7 +1,8 @@
-"""eval_lfw.py, eval_agedb30.py and eval_cfp.py run as a user runs them, on real files: a .bin of
-synthetic pairs, the same pairs as an image folder with either pair-list format, an untrained
-MobileFaceNet saved in every checkpoint layout, and features .npz files. Reported numbers are
-checked against evaluation.verification called directly on the features the script saved."""
+"""eval_lfw.py, eval_agedb30.py and eval_cfp.py on real files: a .bin of synthetic pairs, the same
+pairs as an image folder with either pair-list format, an untrained MobileFaceNet saved in every
+checkpoint layout, and features .npz files. Each script runs as a user runs it (a subprocess) at
+least once; the other runs call its main (evaluation.cli.verification_main) in this process. Reported
+numbers are checked against evaluation.verification called directly on the features the script saved."""
 
 import json
 import os
@@ -37,9 +38,31 @@ def run_script(script, *args, cwd=REPO, ok=True):
 
 def run_json(script, *args, **kwargs):
     result = run_script(script, *args, "--json", **kwargs)
-    lines = result.stdout.strip().splitlines()
-    assert len(lines) == 1, result.stdout  # one JSON object, nothing else on stdout
+    return one_json_object(result.stdout)
+
+
+def one_json_object(stdout):
+    lines = stdout.strip().splitlines()
+    assert len(lines) == 1, stdout  # one JSON object, nothing else on stdout
     return json.loads(lines[0])
+
+
+# What each script's main is (eval_lfw.py: run_verification_script("lfw"), ...).
+SCRIPTS = {"eval_lfw.py": ("lfw", ()), "eval_agedb30.py": ("agedb_30", ()),
+           "eval_cfp.py": ("cfp_fp", ("cfp_fp", "cfp_ff"))}
+
+
+def run_here(capsys, script, *args):
+    """The script's main in this process (the caller asks for `one_thread`, as the subprocesses run):
+    its stdout."""
+    default_set, set_choices = SCRIPTS[script]
+    capsys.readouterr()
+    verification_main(default_set, [str(arg) for arg in args], set_choices)
+    return capsys.readouterr().out
+
+
+def json_here(capsys, script, *args):
+    return one_json_object(run_here(capsys, script, *args, "--json"))
 
 
 def assert_same_numbers(reported, expected):
@@ -91,7 +114,7 @@ def reference(files):
         return record, saved["embeddings"], saved["issame"]
 
 
-def test_bin_with_training_checkpoint_matches_direct_evaluation_and_round_trips(files, reference):
+def test_bin_with_training_checkpoint_matches_direct_evaluation_and_round_trips(files, reference, capsys, one_thread):
     record = run_json("eval_lfw.py", "--bin", files / "lfw.bin", "--checkpoint", files / "checkpoint.pt",
                       "--save-features", files / "flip.npz", "--roc", files / "roc.png")
     assert record["set"] == "lfw" and record["protocol"] == "insightface" and record["n_pairs"] == N_PAIRS
@@ -109,10 +132,10 @@ def test_bin_with_training_checkpoint_matches_direct_evaluation_and_round_trips(
     np.testing.assert_allclose(embeddings, reference[1], rtol=1e-5, atol=1e-9)
 
     # --features reproduces the run (here read off the human-readable table) ...
-    table = run_script("eval_lfw.py", "--features", files / "flip.npz", "--roc", files / "table_roc.png").stdout
+    table = run_here(capsys, "eval_lfw.py", "--features", files / "flip.npz", "--roc", files / "table_roc.png")
     assert_table_shows(table, record, files / "table_roc.png")
     # ... and the seed protocol on it matches its direct call
-    seed = run_json("eval_lfw.py", "--features", files / "flip.npz", "--protocol", "seed",
+    seed = json_here(capsys, "eval_lfw.py", "--features", files / "flip.npz", "--protocol", "seed",
                     "--roc", files / "roc_seed.png")
     assert seed["protocol"] == "seed" and seed["threshold_kind"] == "cosine"
     assert_same_numbers(seed, evaluate_verification(embeddings, issame, flipped, "seed").to_json())
@@ -141,11 +164,12 @@ def test_reference_run_reports_its_own_features(files, reference):
     assert_same_numbers(record, evaluate_verification(embeddings, issame, None, "insightface").to_json())
 
 
-def test_image_folder_with_lfw_pairs_txt_and_flag_list(files, reference):
+def test_image_folder_with_lfw_pairs_txt_and_flag_list(files, reference, capsys, one_thread):
     _, embeddings, _ = reference
-    lfw = run_json("eval_lfw.py", "--images", files / "lfw_images", "--pairs", files / "lfw_images" / "pairs.txt",
-                   "--checkpoint", files / "backbone.pt", "--no-flip", "--roc", "",
-                   "--save-features", files / "from_lfw_list.npz")
+    lfw = json_here(capsys, "eval_lfw.py", "--images", files / "lfw_images",
+                    "--pairs", files / "lfw_images" / "pairs.txt",
+                    "--checkpoint", files / "backbone.pt", "--no-flip", "--roc", "",
+                    "--save-features", files / "from_lfw_list.npz")
     with np.load(files / "from_lfw_list.npz") as saved:
         np.testing.assert_allclose(saved["embeddings"], embeddings, rtol=1e-5, atol=1e-9)
         assert saved["issame"].tolist() == reference[2].tolist()
@@ -161,8 +185,8 @@ def test_image_folder_with_lfw_pairs_txt_and_flag_list(files, reference):
         assert_same_numbers(flags, evaluate_verification(saved["embeddings"], saved["issame"], None, "seed").to_json())
 
 
-def test_plain_state_dict_needs_and_takes_backbone_and_width(files, reference):
-    record = run_json("eval_lfw.py", "--bin", files / "small.bin", "--checkpoint", files / "plain.pt",
+def test_plain_state_dict_needs_and_takes_backbone_and_width(files, reference, capsys, one_thread):
+    record = json_here(capsys, "eval_lfw.py", "--bin", files / "small.bin", "--checkpoint", files / "plain.pt",
                       "--backbone", "mobilefacenet", "--embedding-size", "64", "--no-flip", "--roc", "",
                       "--save-features", files / "plain.npz")
     assert record["backbone"] == "mobilefacenet" and record["embedding_size"] == 64 and record["n_pairs"] == 10

@@ -13,6 +13,10 @@ from interop.export import (INPUT_NAME, OUTPUT_NAME, check_export, example_input
 from tools.export import main as export_main
 from evaluation.model_loading import backbone_file
 
+# One thread: on the test machines' two shared cores a second one costs more than it gains
+# (a contended OpenMP team spins).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 EMBEDDING_SIZE = 16
 # One network of every family; the smallest of each that the registry has.
 FAMILIES = ["mobilefacenet", "ir18", "ir_se18", "ir_cbam50", "resnet50", "attention56", "spherenet20",

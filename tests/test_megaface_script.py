@@ -1,8 +1,9 @@
-"""eval_megaface.py run as a user runs it: synthetic FaceScrub-like probes and a few hundred
-distractors as image folders, an untrained MobileFaceNet, hand-written noise lists. Its numbers are
-checked against evaluation.megaface called directly on the features it saved; its devkit files are
-read back; an extraction stopped twice (--max-chunks, then an unreadable image) resumes without
-recomputing a finished chunk."""
+"""eval_megaface.py on synthetic FaceScrub-like probes and a few hundred distractors as image folders,
+an untrained MobileFaceNet, hand-written noise lists. The whole pipeline and an extraction that fails
+run as a user runs them (subprocesses); the other runs call the script's main in this process, as
+`python eval_megaface.py` would. Its numbers are checked against evaluation.megaface called directly
+on the features it saved; its devkit files are read back; an extraction stopped twice (--max-chunks,
+then an unreadable image) resumes without recomputing a finished chunk."""
 
 import json
 import os
@@ -36,6 +37,23 @@ def run_megaface(*args, ok=True):
     if ok:
         assert result.returncode == 0, result.stderr
     return result
+
+
+def run_here(capsys, *args):
+    """eval_megaface.py's body (run_cli over main) in this process: (exit status, stdout, stderr) as the
+    command gives them; Python prints a SystemExit message to stderr and exits with 1. The caller asks
+    for `one_thread`, as the subprocesses run."""
+    capsys.readouterr()
+    status, message = 0, ""
+    try:
+        run_cli(lambda: eval_megaface.main([str(arg) for arg in args]))
+    except SystemExit as stopped:
+        if isinstance(stopped.code, str):
+            status, message = 1, stopped.code + "\n"
+        else:
+            status = stopped.code or 0
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err + message
 
 
 def write_image(path, image):
@@ -139,11 +157,12 @@ def test_devkit_files_mirror_the_image_trees(data, full_run):
         assert not [name for _, _, names in os.walk(data / folder) for name in names if name.endswith(".bin")]
 
 
-def test_features_file_gives_the_same_table(data, full_run):
+def test_features_file_gives_the_same_table(data, full_run, capsys, one_thread):
     record, _ = full_run
-    out = run_megaface("--features", data / "features.npz", "--out-dir", data / "out_features",
-                       "--facescrub-noises", data / "facescrub_noises.txt",
-                       "--megaface-noises", data / "megaface_noises.txt").stdout
+    status, out, _ = run_here(capsys, "--features", data / "features.npz", "--out-dir", data / "out_features",
+                              "--facescrub-noises", data / "facescrub_noises.txt",
+                              "--megaface-noises", data / "megaface_noises.txt")
+    assert status == 0
     lines = out.splitlines()
     assert lines[0] == (f"MegaFace Challenge 1: 9 FaceScrub probes of 3 identities, {DISTRACTORS} distractors; "
                         f"features {data / 'features.npz'}")
@@ -175,7 +194,7 @@ def test_results_go_beside_the_features_file_or_the_checkpoint(data, full_run, t
     assert os.listdir(tmp_path) == ["elsewhere"]
 
 
-def test_interrupted_extraction_resumes_without_recomputing(data, full_run, tmp_path):
+def test_interrupted_extraction_resumes_without_recomputing(data, full_run, tmp_path, capsys, one_thread):
     _, saved = full_run
     # the devkit's JSON lists, here over a 24-image part of the distractors
     probe_list = {"path": saved["probe_paths"].tolist(),
@@ -192,10 +211,10 @@ def test_interrupted_extraction_resumes_without_recomputing(data, full_run, tmp_
     def progress(kind):
         return json.loads((store / f"{kind}_progress.json").read_text())["done"]
 
-    first = run_megaface(*command, "--max-chunks", "1", ok=False)
-    assert first.returncode == 1 and first.stdout == ""
-    assert "probes: chunk 1/2 (images 0-7) computed" in first.stderr
-    assert first.stderr.strip().endswith("stopped after 1 chunks (--max-chunks); run the same command to resume")
+    first_status, first_stdout, first_stderr = run_here(capsys, *command, "--max-chunks", "1")
+    assert first_status == 1 and first_stdout == ""
+    assert "probes: chunk 1/2 (images 0-7) computed" in first_stderr
+    assert first_stderr.strip().endswith("stopped after 1 chunks (--max-chunks); run the same command to resume")
     assert progress("probes") == [0] and progress("distractors") == []
 
     unreadable = data / "distractors" / subset[12]  # in the second chunk of distractors
@@ -217,16 +236,17 @@ def test_interrupted_extraction_resumes_without_recomputing(data, full_run, tmp_
         features[:8] = 0.125
         features.flush()
         del features
-    third = run_megaface(*command)
-    assert "probes: 0 chunks computed, 2 reused, 0 left" in third.stderr
-    assert "distractors: 2 chunks computed, 1 reused, 0 left" in third.stderr
+    third_status, third_stdout, third_stderr = run_here(capsys, *command)
+    assert third_status == 0, third_stderr
+    assert "probes: 0 chunks computed, 2 reused, 0 left" in third_stderr
+    assert "distractors: 2 chunks computed, 1 reused, 0 left" in third_stderr
     assert progress("distractors") == [0, 1, 2]
     probes, distractors = np.load(store / "probes.npy"), np.load(store / "distractors.npy")
     assert (probes[:8] == 0.125).all() and (distractors[:8] == 0.125).all()
     # the rows computed in other runs, chunks and batches are the features of the full run
     np.testing.assert_allclose(probes[8:], saved["probe_embeddings"][8:], atol=1e-5)
     np.testing.assert_allclose(distractors[8:], saved["distractor_embeddings"][5:29][8:], atol=1e-5)
-    record = json.loads(third.stdout)
+    record = json.loads(third_stdout)
     assert record["distractors"] == 24 and [row["distractors"] for row in record["table"]] == [10, 24]
 
 

@@ -1,14 +1,20 @@
 """train.py end to end on the CPU: exact resume after kill -9, one process vs two (plain and sharded
-head), non-finite steps, Visdom curves, and the config loader. Runs are tiny (MobileFaceNet on a
-60-image synthetic pack) and run as a user runs them: `python train.py ...` in a subprocess."""
+head), non-finite steps, Visdom curves, and the config loader. Runs are tiny: MobileFaceNet on a
+60-image synthetic pack at batch 16, or, where the batch size does not matter, 24 images at batch 8.
+train.main runs in this process, on one thread, where a process boundary adds nothing; the run killed
+with SIGKILL and the two-process runs (torchrun) are real processes, each on one thread, so that every
+run computes with the same kernels."""
 
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -20,6 +26,7 @@ from dataset.synthetic import SyntheticFaces, make_pairs
 from margin import build_margin
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEADS = ["arcface", "curricularface", "adaface"]
 
 
 @pytest.fixture(scope="module")
@@ -32,25 +39,51 @@ def data_dir(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def small_pack(tmp_path_factory):
+    """24 images of 6 identities: at batch 8, three steps per epoch, as data_dir at batch 16."""
+    folder = tmp_path_factory.mktemp("small")
+    faces = SyntheticFaces(seed=3)
+    write_record_pack(folder, ((faces.render(i // 4, i % 4), i // 4) for i in range(24)), num_classes=6)
+    return folder
+
+
 def train_args(data_dir, out_dir, name, *extra):
     return ["--", f"--train_data={data_dir}", "--val_sets=", "--batch_size=16", "--workers=0",
             f"--output_dir={out_dir}", f"--name={name}", "--visdom=false", "--progress=false",
             "--precision=fp32", "--lr=0.01", "--log_freq=1", "--test_freq=0", "--save_freq=0", *extra]
 
 
-def run_train(args, processes=1, check=True, **popen):
-    """python train.py ARGS (or torchrun with `processes`); one thread per process, so that one
-    process and two compute with the same kernels."""
+def train_here(args) -> dict:
+    """train.main in this process (a test asks for `one_thread`: the processes below run on one)."""
+    import train  # here, not at the top: the spawned workers below import this module
+    assert torch.get_num_threads() == 1
+    return train.main(args)
+
+
+def start_train(args, out_file, processes=1):
+    """python train.py ARGS (or torchrun with `processes`) in the background, its output to `out_file`;
+    one thread per process, as in train_here."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if processes == 1:
         command = [sys.executable, "train.py", *args]
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                    "train.py", *args]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, **popen)
-    if check:
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+    with open(out_file, "w") as output:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process, out_file):
+    """Wait for a start_train process; it must succeed."""
+    try:
+        process.wait(timeout=600)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = open(out_file).read()
+    assert process.returncode == 0, output[-6000:]
+    return output
 
 
 def events(run_dir, kind):
@@ -62,24 +95,44 @@ def losses(run_dir):
     return [record["loss"] for record in events(run_dir, "train")]
 
 
-def test_resume_after_kill_matches_an_uninterrupted_run(data_dir, tmp_path):
-    # 60 images / batch 16 = 3 steps per epoch: 8 steps cross two epoch boundaries, and the kill
+def test_resume_after_kill_matches_an_uninterrupted_run(small_pack, tmp_path, one_thread, capsys):
+    # 24 images / batch 8 = 3 steps per epoch: 8 steps cross two epoch boundaries, and the kill
     # lands after the step-4 checkpoint, mid-epoch.
-    common = ("--max_steps=8", "--save_freq=4", "--flip=true")
-    run_train(train_args(data_dir, tmp_path, "straight", *common))
+    common = ("--max_steps=8", "--save_freq=4", "--flip=true", "--batch_size=8")
     killed_dir = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "train.py", *train_args(data_dir, tmp_path, "killed", *common)],
-                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (killed_dir / "metrics.jsonl").exists() or not events(killed_dir, "checkpoint"):
-        assert process.poll() is None and time.monotonic() < deadline, "run ended before its first checkpoint"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    process = start_train(train_args(small_pack, tmp_path, "killed", *common), tmp_path / "killed.out")
+    outcome = {}
+
+    def checkpointed():
+        try:
+            return (killed_dir / "metrics.jsonl").exists() and bool(events(killed_dir, "checkpoint"))
+        except ValueError:  # a line read while it was being written
+            return False
+
+    def kill_after_the_first_checkpoint():
+        deadline = time.monotonic() + 300
+        while not checkpointed():
+            if process.poll() is not None or time.monotonic() > deadline:
+                outcome["error"] = "run ended before its first checkpoint"
+                process.kill()
+                return
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_after_the_first_checkpoint)
+    killer.start()
+    try:  # the uninterrupted run, here, while the other process trains towards its kill
+        train_here(train_args(small_pack, tmp_path, "straight", *common))
+    finally:
+        killer.join()
+        process.wait()
+    assert "error" not in outcome, outcome.get("error", "") + open(tmp_path / "killed.out").read()[-3000:]
+    assert process.returncode == -signal.SIGKILL
     assert torch.load(killed_dir / "checkpoint.pt", weights_only=True)["position"]["step"] == 4
-    resumed = run_train(train_args(data_dir, tmp_path, "killed", *common))
-    assert "resumed from" in resumed.stdout + resumed.stderr
+    capsys.readouterr()
+    train_here(train_args(small_pack, tmp_path, "killed", *common))
+    resumed = capsys.readouterr()
+    assert "resumed from" in resumed.out + resumed.err
     straight = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
     continued = torch.load(killed_dir / "checkpoint.pt", weights_only=True)
     assert continued["position"] == straight["position"] == {"step": 8, "epoch": 2, "step_in_epoch": 2}
@@ -91,8 +144,20 @@ def test_resume_after_kill_matches_an_uninterrupted_run(data_dir, tmp_path):
     assert losses(tmp_path / "straight")[4:] == losses(killed_dir)[-4:]
 
 
+@pytest.fixture(scope="module")
+def sharded_two_steps(data_dir, tmp_path_factory):
+    """Two ranks, sharded head, two steps with a checkpoint at step 2: the run that
+    test_two_processes_match_one... compares with one process, and the one that
+    test_sharded_checkpoint_resumes_on_one_process moves to one process (the same command for both)."""
+    out_dir = tmp_path_factory.mktemp("sharded_two_steps")
+    process = start_train(train_args(data_dir, out_dir, "moved", "--max_steps=2", "--sharded_head=true",
+                                     "--save_freq=2"), out_dir / "torchrun.out", processes=2)
+    finish(process, out_dir / "torchrun.out")
+    return out_dir / "moved"
+
+
 @pytest.mark.parametrize("sharded", [False, True], ids=["replicated_head", "sharded_head"])
-def test_two_processes_match_one_with_the_same_global_batch(data_dir, tmp_path, sharded):
+def test_two_processes_match_one_with_the_same_global_batch(data_dir, tmp_path, sharded, one_thread, request):
     # Two ranks x 8 images vs one process with two micro-batches of 8: the same samples meet the same
     # BatchNorm batches. Unsharded, the arithmetic is identical; sharded, the logits are split
     # across ranks, so sums are rounded differently (~1e-7). Training from initialisation amplifies
@@ -100,14 +165,22 @@ def test_two_processes_match_one_with_the_same_global_batch(data_dir, tmp_path, 
     # held to the first two steps and, exactly, by test_sharded_cross_entropy_is_exact below.
     steps = 2 if sharded else 3
     extra = [f"--max_steps={steps}", f"--sharded_head={sharded}"]
-    run_train(train_args(data_dir, tmp_path, "two", *extra), processes=2)
-    run_train(train_args(data_dir, tmp_path, "one", *extra, "--grad_accum=2"))
-    two, one = losses(tmp_path / "two"), losses(tmp_path / "one")
+    if sharded:
+        two_dir = request.getfixturevalue("sharded_two_steps")
+        train_here(train_args(data_dir, tmp_path, "one", *extra, "--grad_accum=2"))
+    else:
+        two_dir = tmp_path / "two"
+        process = start_train(train_args(data_dir, tmp_path, "two", *extra), tmp_path / "two.out", processes=2)
+        try:  # the one-process run meanwhile
+            train_here(train_args(data_dir, tmp_path, "one", *extra, "--grad_accum=2"))
+        finally:
+            finish(process, tmp_path / "two.out")
+    two, one = losses(two_dir), losses(tmp_path / "one")
     assert len(one) == len(two) == steps
     np.testing.assert_allclose(two, one, rtol=1e-5, atol=0)
     if sharded:
         # the checkpoint gathers the head from both shards, in class order
-        two_state = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)
+        two_state = torch.load(two_dir / "checkpoint.pt", weights_only=True)
         assert two_state["head"]["weight"].shape == (6, 128)
 
 
@@ -116,64 +189,92 @@ def _head_factory(name):
     return lambda classes: build_margin(name, 32, classes, **hyper).double()
 
 
-def _sharded_gradients(rank, world, init_file, reference, head):
-    """Worker: this rank's share of the sharded head's loss and gradients, in float64."""
+def _sharded_gradients(rank, world, init_file, inputs, out_dir):
+    """Worker: this rank's share of the sharded head's loss and gradients, in float64, for every head
+    (one process group for all of them); written to out_dir for the tests to judge."""
     import torch.distributed as dist
     from training.distributed import DistributedContext, ShardedClassifier
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    embeddings, labels = reference["embeddings"], reference["labels"]
+    embeddings, labels = inputs["embeddings"], inputs["labels"]
     rows = len(labels) // world
-    classifier = ShardedClassifier(_head_factory(head), 10, DistributedContext(rank, world), seed=5)
-    local = embeddings[rank * rows:(rank + 1) * rows].clone().requires_grad_()
-    loss, _ = classifier(local, labels[rank * rows:(rank + 1) * rows])
-    loss.backward()
-    # DDP divides the backbone's gradients by the world size: the gather's backward pre-multiplies.
-    torch.testing.assert_close(loss.detach(), reference["loss"], rtol=1e-13, atol=0)
-    torch.testing.assert_close(local.grad / world, reference["embedding_grad"][rank * rows:(rank + 1) * rows],
-                               rtol=1e-12, atol=1e-15)
-    torch.testing.assert_close(classifier.gather_rows(classifier.head.weight.grad), reference["weight_grad"],
-                               rtol=1e-12, atol=1e-15)
+    for head in HEADS:
+        classifier = ShardedClassifier(_head_factory(head), 10, DistributedContext(rank, world), seed=5)
+        local = embeddings[rank * rows:(rank + 1) * rows].clone().requires_grad_()
+        loss, _ = classifier(local, labels[rank * rows:(rank + 1) * rows])
+        loss.backward()
+        torch.save({"loss": loss.detach(), "embedding_grad": local.grad,
+                    "weight_grad": classifier.gather_rows(classifier.head.weight.grad)},
+                   os.path.join(out_dir, f"{head}_rank{rank}.pt"))
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("head", ["arcface", "curricularface", "adaface"])
-def test_sharded_cross_entropy_is_exact(tmp_path, head):
-    """Partial FC's all-reduced softmax equals the unsharded cross-entropy and its gradients (float64),
-    also for heads whose logits depend on batch statistics or on other columns' targets."""
-    from training.distributed import DistributedContext, ShardedClassifier
+def _sharded_inputs():
     generator = torch.Generator().manual_seed(0)
     embeddings = torch.randn(16, 32, dtype=torch.float64, generator=generator)
     labels = torch.randint(0, 10, (16,), generator=generator)
+    return {"embeddings": embeddings, "labels": labels}
+
+
+@pytest.fixture(scope="module")
+def sharded_results(tmp_path_factory):
+    """Two gloo ranks' losses and gradients for every head, from one pair of spawned processes."""
+    folder = tmp_path_factory.mktemp("sharded_ce")
+    torch.multiprocessing.spawn(_sharded_gradients, nprocs=2,
+                                args=(2, str(folder / "rendezvous"), _sharded_inputs(), str(folder)))
+    return folder
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_sharded_cross_entropy_is_exact(sharded_results, head):
+    """Partial FC's all-reduced softmax equals the unsharded cross-entropy and its gradients (float64),
+    also for heads whose logits depend on batch statistics or on other columns' targets."""
+    from training.distributed import DistributedContext, ShardedClassifier
+    inputs = _sharded_inputs()
+    embeddings, labels = inputs["embeddings"], inputs["labels"]
     whole = ShardedClassifier(_head_factory(head), 10, DistributedContext(), seed=5)
     leaf = embeddings.clone().requires_grad_()
     loss, _ = whole(leaf, labels)
     loss.backward()
-    reference = {"embeddings": embeddings, "labels": labels, "loss": loss.detach(),
-                 "embedding_grad": leaf.grad, "weight_grad": whole.head.weight.grad}
-    torch.multiprocessing.spawn(_sharded_gradients, args=(2, str(tmp_path / "rendezvous"), reference, head), nprocs=2)
+    world = 2
+    rows = len(labels) // world
+    for rank in range(world):
+        shard = torch.load(sharded_results / f"{head}_rank{rank}.pt", weights_only=True)
+        # DDP divides the backbone's gradients by the world size: the gather's backward pre-multiplies.
+        torch.testing.assert_close(shard["loss"], loss.detach(), rtol=1e-13, atol=0)
+        torch.testing.assert_close(shard["embedding_grad"] / world, leaf.grad[rank * rows:(rank + 1) * rows],
+                                   rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(shard["weight_grad"], whole.head.weight.grad, rtol=1e-12, atol=1e-15)
 
 
-def test_sharded_checkpoint_resumes_on_one_process(data_dir, tmp_path):
-    run_train(train_args(data_dir, tmp_path, "two", "--max_steps=3", "--sharded_head=true"), processes=2)
-    run_train(train_args(data_dir, tmp_path, "moved", "--max_steps=2", "--sharded_head=true", "--save_freq=2"),
-              processes=2)
-    resumed = run_train(train_args(data_dir, tmp_path, "moved", "--max_steps=3", "--sharded_head=true",
-                                   "--grad_accum=2"))
-    assert "resumed from" in resumed.stdout + resumed.stderr
+def test_sharded_checkpoint_resumes_on_one_process(data_dir, tmp_path, sharded_two_steps, one_thread, capsys):
+    process = start_train(train_args(data_dir, tmp_path, "two", "--max_steps=3", "--sharded_head=true"),
+                          tmp_path / "two.out", processes=2)
+    try:  # meanwhile, the two-process run stopped at step 2 goes on for its third step on one process
+        shutil.copytree(sharded_two_steps, tmp_path / "moved")  # a copy: the module's run stays as it is
+        capsys.readouterr()
+        train_here(train_args(data_dir, tmp_path, "moved", "--max_steps=3", "--sharded_head=true",
+                              "--grad_accum=2"))
+        resumed = capsys.readouterr()
+    finally:
+        finish(process, tmp_path / "two.out")
+    assert "resumed from" in resumed.out + resumed.err
     # Step 3 starts from the same weights and optimizer state on one process as on two.
     np.testing.assert_allclose(losses(tmp_path / "moved")[-1], losses(tmp_path / "two")[-1], rtol=1e-5)
 
 
-def test_nonfinite_steps_are_skipped_then_the_run_stops_with_advice(data_dir, tmp_path):
-    run_train(train_args(data_dir, tmp_path, "run", "--max_steps=2", "--save_freq=2"))
+def test_nonfinite_steps_are_skipped_then_the_run_stops_with_advice(small_pack, tmp_path, one_thread, capsys):
+    train_here(train_args(small_pack, tmp_path, "run", "--batch_size=8", "--max_steps=2", "--save_freq=2"))
     before = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    capsys.readouterr()
     # A logit scale of 1e38 overflows the gradients: every step is non-finite.
-    result = run_train(train_args(data_dir, tmp_path, "run", "--max_steps=10", "--save_freq=1", "--s=1e38",
-                                  "--max_nonfinite_steps=3"), check=False)
-    assert result.returncode == 3
-    assert "3 consecutive non-finite steps" in result.stdout + result.stderr
-    assert "--lr" in result.stdout + result.stderr
+    with pytest.raises(SystemExit) as stopped:  # train.py's exit status
+        train_here(train_args(small_pack, tmp_path, "run", "--batch_size=8", "--max_steps=10", "--save_freq=1",
+                              "--s=1e38", "--max_nonfinite_steps=3"))
+    output = capsys.readouterr()
+    assert stopped.value.code == 3
+    assert "3 consecutive non-finite steps" in output.out + output.err
+    assert "--lr" in output.out + output.err
     # a skipped step is counted like any other (the step alone gives the data position)
     assert [e["step"] for e in events(tmp_path / "run", "nonfinite")] == [3, 4, 5]
     after = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
@@ -183,15 +284,16 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops_with_advice(data_dir, tm
         assert not value.is_floating_point() or bool(torch.isfinite(value).all())
 
 
-def test_training_curves_reach_a_real_visdom_server(data_dir, tmp_path):
+def test_training_curves_reach_a_real_visdom_server(small_pack, tmp_path, one_thread):
     from test_visdom import free_port, run_tool, running_server
     import visdom
     if run_tool("--install-only").returncode != 0:
         pytest.skip("Visdom front-end files are not installed (make visdom-assets)")
     port = free_port()
     with running_server(port, tmp_path / "envs"):
-        args = train_args(data_dir, tmp_path, "curves", "--max_steps=3", "--visdom=true", f"--visdom_port={port}")
-        run_train(args)
+        args = train_args(small_pack, tmp_path, "curves", "--batch_size=8", "--max_steps=3", "--visdom=true",
+                          f"--visdom_port={port}")
+        train_here(args)
         client = visdom.Visdom(port=port, raise_exceptions=True)
         window = json.loads(client.get_window_data("loss", env="curves"))
     trace = window["content"]["data"][0]
@@ -199,19 +301,24 @@ def test_training_curves_reach_a_real_visdom_server(data_dir, tmp_path):
     np.testing.assert_allclose(trace["y"], losses(tmp_path / "curves"), rtol=1e-6)
 
 
-def test_no_visdom_server_warns_once_and_trains_on(data_dir, tmp_path):
+def test_no_visdom_server_warns_once_and_trains_on(small_pack, tmp_path, one_thread, capsys):
     from test_visdom import free_port
-    result = run_train(train_args(data_dir, tmp_path, "offline", "--max_steps=2", "--visdom=true",
-                                  f"--visdom_port={free_port()}"))
-    output = result.stdout + result.stderr
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # every warning raised is counted, not only the first of its kind
+        train_here(train_args(small_pack, tmp_path, "offline", "--batch_size=8", "--max_steps=2", "--visdom=true",
+                              f"--visdom_port={free_port()}"))
+    printed = capsys.readouterr()
+    # what a user sees: the printed output and the warnings (which `python train.py` prints on stderr)
+    output = printed.out + printed.err + "".join(str(warning.message) for warning in caught)
     assert output.count("tools/visdom_server.py") == 1
     assert len(losses(tmp_path / "offline")) == 2
 
 
-def test_evaluation_and_backbone_file_for_the_eval_scripts(data_dir, tmp_path):
-    result = run_train(train_args(data_dir, tmp_path, "evaluated", "--max_steps=2", "--val_sets=lfw",
-                                  "--eval_at_start=true"))
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+def test_evaluation_and_backbone_file_for_the_eval_scripts(data_dir, tmp_path, one_thread):
+    summary = train_here(train_args(data_dir, tmp_path, "evaluated", "--max_steps=2", "--val_sets=lfw",
+                                    "--eval_at_start=true"))
+    summary = json.loads(json.dumps(summary))  # as printed by train.py (its last line of output)
     assert set(summary["accuracy"]) == {"lfw"} and 0 <= summary["accuracy"]["lfw"] <= 1
     assert set(summary["accuracy_at_start"]) == {"lfw"}
     validations = events(tmp_path / "evaluated", "val")
