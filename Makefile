@@ -28,7 +28,7 @@ visdom: visdom-assets
 	$(PY) tools/visdom_server.py --port 8097
 
 # The demo: synthetic identities (regenerated when their generator changes), MobileFaceNet + ArcFace
-# trained from scratch, curves in result/demo_curves.png, and a last line of JSON with the result.
+# trained from scratch, curves in runs/demo/curves.png, and a last line of JSON with the result.
 DEMO_DATA := data/synthetic
 $(DEMO_DATA)/.complete: dataset/synthetic.py tools/make_synthetic.py | setup
 	$(PY) tools/make_synthetic.py $(DEMO_DATA) --lfw-pairs 600 --agedb-pairs 600 --cfp-pairs 600
@@ -37,7 +37,7 @@ $(DEMO_DATA)/.complete: dataset/synthetic.py tools/make_synthetic.py | setup
 demo: setup $(DEMO_DATA)/.complete
 	rm -rf runs/demo
 	$(PY) train.py configs/demo.py
-	$(PY) tools/plot_run.py runs/demo --out result/demo_curves.png --json
+	$(PY) tools/plot_run.py runs/demo --json
 
 test: setup visdom-assets
 	$(PY) -m pytest -q tests

@@ -42,31 +42,14 @@ def count_above(sorted_values: np.ndarray, thresholds) -> np.ndarray:
 
 
 def threshold_at_far(far: np.ndarray, thresholds: np.ndarray, far_target: float) -> float:
-    """The threshold at which the training FAR curve reaches `far_target`.
+    """The threshold at which the training FAR curve reaches `far_target`, as insightface's
+    ``calculate_val`` got it from SciPy's old 'slinear' interp1d (module docstring).
 
-    `far[i]` is the FAR (accepted impostors / impostors) when accepting distance < thresholds[i];
-    `thresholds` ascend, so `far` never decreases. The rule, identical to what insightface's
-    ``calculate_val`` computed with SciPy's old 'slinear' interp1d:
-
-    * if ``max(far) < far_target``: 0.0 when the grid starts at 0 (insightface's fall-back, which
-      accepts nothing); in general ``thresholds[0]``, the strictest threshold;
-    * otherwise let j be the LARGEST index with ``far[j] <= far_target`` (the most permissive grid
-      threshold that keeps FAR within the target). If j is not the last index, the threshold is the
-      linear interpolation between (far[j], thresholds[j]) and (far[j+1], thresholds[j+1]) at
-      far_target, evaluated as SciPy's de Boor recursion does::
-
-          w = 1 / (far[j+1] - far[j]);  t = thresholds[j] * (w * (far[j+1] - far_target))
-                                          + thresholds[j+1] * (w * (far_target - far[j]))
-
-      so a target equal to a FAR value on a flat stretch lands on the end of that stretch (the
-      largest threshold with that FAR), and a target between two FAR levels lands between the last
-      threshold of the lower level and the first of the higher one.
-    * if j is the last index (far_target equals the curve's maximum), the old B-spline used the last
-      non-empty knot span: the interpolation between the last two points when their FARs differ; when
-      they are equal SciPy's zero-length span returned 0.0, a degenerate artefact, and we return
-      ``thresholds[-1]`` instead (the largest threshold whose FAR is the target).
-    * a target below ``far[0]`` (impossible when the grid starts at a threshold that accepts nothing)
-      returns ``thresholds[0]``.
+    `far[i]` is the FAR when accepting distance < thresholds[i] (ascending, so `far` never
+    decreases). Take the largest j with far[j] <= far_target and interpolate linearly towards
+    j + 1, with de Boor's arithmetic (a target on a flat stretch lands on its end). No grid point
+    within the target gives thresholds[0]; a target equal to the curve's last, flat maximum gives
+    thresholds[-1] (where old SciPy's empty knot span returned 0.0).
     """
     far = np.asarray(far, dtype=np.float64)
     thresholds = np.asarray(thresholds, dtype=np.float64)

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One prepared run of every GPU measurement, for a machine with a CUDA GPU (about 10 minutes):
-#   bash tools/gpu_check.sh OUT_DIR          (the README's table: result/gpu)
+#   bash tools/gpu_check.sh [OUT_DIR]        (default runs/gpu_check; the README's table: result/gpu)
 # Appends benchmark rows to OUT_DIR/benchmark.csv and logs to OUT_DIR/gpu_check.log; the README's
 # GPU table is copied from that CSV, with the GPU, torch version and date it records.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: bash tools/gpu_check.sh OUT_DIR (the README table comes from result/gpu)}
+OUT=${1:-runs/gpu_check}
 mkdir -p "$OUT"
 PY=${PY:-.venv/bin/python}
 LOG="$OUT/gpu_check.log"

@@ -1,7 +1,8 @@
 """Curves of a training run (loss, train accuracy, learning rate, verification accuracy) as a PNG,
 read from the run's metrics.jsonl; optionally the run's result as one JSON line.
 
-    python tools/plot_run.py runs/demo --out result/demo_curves.png --json
+    python tools/plot_run.py runs/demo --json            # curves in runs/demo/curves.png
+    python tools/plot_run.py runs/demo --out result/demo_curves.png   # the README's picture
 
 The JSON object holds `accuracy_before` and `accuracy_after` (the first verification set's
 accuracy before and after training, fractions), `train_seconds` (the training steps alone), and the
@@ -50,12 +51,21 @@ def plot(events, out_path, title):
     plt.close(figure)
 
 
-def summarise(events) -> dict:
+def first_step_reaching(events, accuracy: float, set_name: str):
+    """The first evaluated step whose accuracy on `set_name` is at least `accuracy`, or None."""
+    return next((e["step"] for e in events if e["event"] == "val" and e["set"] == set_name
+                 and e["accuracy_mean"] >= accuracy), None)
+
+
+def summarise(events, reach: float | None = None) -> dict:
     summary = next((e for e in reversed(events) if e["event"] == "summary"), None)
     if summary is None:
         raise SystemExit("error: the run has no summary yet (still training, or stopped early)")
     first_set = next((e["set"] for e in events if e["event"] == "val"), None)
+    extra = {"reach": reach, "first_step_reaching": first_step_reaching(events, reach, first_set)} \
+        if reach is not None else {}
     return {
+        **extra,
         "accuracy_before": summary["accuracy_at_start"].get(first_set),
         "accuracy_after": summary["accuracy"].get(first_set),
         "train_seconds": summary["train_seconds"],
@@ -72,13 +82,15 @@ def main(argv=None):
     parser.add_argument("run_dir")
     parser.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
     parser.add_argument("--json", action="store_true", help="print the run's result as one JSON line")
+    parser.add_argument("--reach", type=float, metavar="ACC",
+                        help="with --json, also the first evaluated step whose accuracy is at least ACC")
     args = parser.parse_args(argv)
     events = read_events(args.run_dir)
     out = args.out or os.path.join(args.run_dir, "curves.png")
     plot(events, out, os.path.basename(os.path.normpath(args.run_dir)))
     print(f"curves -> {out}")
     if args.json:
-        print(json.dumps(summarise(events)))
+        print(json.dumps(summarise(events, args.reach)))
 
 
 if __name__ == "__main__":

@@ -20,8 +20,7 @@ OPTIMIZERS = ("sgd", "adamw")
 def build_optimizer(module: torch.nn.Module, cfg) -> torch.optim.Optimizer:
     """SGD or AdamW over `module`'s trainable parameters; with decay_bn_and_bias=False, 1-d
     parameters (BatchNorm, PReLU, biases) are not decayed. The fused implementations update all
-    parameters in a few kernels on CUDA instead of several per tensor; on the CPU they measured as
-    fast as the default ones."""
+    parameters in a few kernels on CUDA instead of several per tensor, and are no slower on the CPU."""
     trainable = [p for p in module.parameters() if p.requires_grad]
     groups = [{"params": [p for p in trainable if cfg.decay_bn_and_bias or p.dim() > 1], "weight_decay": cfg.weight_decay},
               {"params": [p for p in trainable if not cfg.decay_bn_and_bias and p.dim() <= 1], "weight_decay": 0.0}]
