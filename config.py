@@ -211,6 +211,8 @@ def _assignment_lines(path: str) -> dict[str, int]:
 
 def _unknown_key(key: str, source: str, types) -> UnknownConfigKey:
     close = difflib.get_close_matches(key, types, n=1, cutoff=0.6)
+    if key.split("_")[0] in types:  # lr_rate, epochs_total: the key the user started to write
+        close = [key.split("_")[0]]
     hint = f" did you mean {close[0]!r}?" if close else ""
     return UnknownConfigKey(f"{source}: unknown config key {key!r};{hint} valid keys: {', '.join(sorted(types))}")
 
