@@ -1,28 +1,91 @@
-"""Drop-in layers that keep nn.PReLU's and nn.Conv2d's parameters and state-dict keys but avoid two
-slow CPU kernels of torch 2.x that dominated the MobileFaceNet training step (tools/benchmark.py):
+"""Drop-in layers that keep nn.PReLU's and nn.Conv2d's parameters and state-dict keys but route the
+CPU training step around kernels of torch 2.x / oneDNN that are slow for MobileFaceNet's shapes.
 
-- PReLU's backward (`aten::_prelu_kernel_backward`) took 38% of a bf16 channels_last step: 48 ms
-  for a [64, 64, 56, 56] tensor, against 11 ms for the same gradients written as three vectorised
-  elementwise kernels and one per-channel reduction (below).
-- oneDNN's bf16 backward-data of a *strided depthwise* convolution is a slow reference path: forward
-  and backward of MobileFaceNet's three stride-2 depthwise convs (batch 64) took 95-148 ms each in
-  bf16 against 11-36 ms in fp32. (Both: tools/benchmark_layers.py.)
+- PReLU: torch's `_prelu_kernel_backward` reduces the weight gradient slowly over a channels_last
+  tensor; here the same gradients are three vectorised elementwise kernels and one per-channel
+  reduction (below), on every CPU.
+- Depthwise convolutions under CPU bf16 autocast. oneDNN's bf16 backward-data of a *strided*
+  depthwise conv is a slow reference path, and its bf16 weight gradient of the *global* depthwise
+  conv (kernel as large as the input) is slow too. Two ways round the strided one: run the layer in
+  fp32, or keep it in bf16 and compute its input gradient as the backward-data of the same conv at
+  stride 1 over the zero-interleaved output gradient (an exact identity: the strided conv's output
+  is the stride-1 conv's output sampled every `stride` positions), which oneDNN runs fast.
+- 1x1 convolutions under CPU bf16 autocast, channels_last: the conv is a matmul of the [B·H·W, C]
+  pixel matrix with the [O, C] weight; with AMX, oneDNN's matmul beats its 1x1-conv kernels
+  (forward, backward-data, backward-weights), so the layer can run as `F.linear` over the NHWC view.
 
-Neither changes the mathematics: the PReLU gradients are exactly PReLU's, and the depthwise conv
-only runs in higher precision. On CUDA and when no gradient is needed (export, evaluation) both
-layers call the stock kernels; under torch.compile PReLU does too (Inductor fuses its backward:
-93 images/s against 81 with this Function compiled).
+Which of these paths each layer takes is `cpu_paths()`: a rule on the CPU's capability
+(runtime.cpu.has_amx_bf16), chosen so that a CPU without AMX takes exactly the paths it was measured
+with before AMX was considered, and a CPU with AMX the ones measured on one (`tools/benchmark_layers.py`
+times every path on the machine at hand). None of them changes the mathematics, only the kernels and
+rounding: the tests hold every path to the stock layer. On CUDA, without gradients (export,
+evaluation), in fp32 and under torch.compile / TorchScript the layers call the stock kernels.
 """
+
+import contextlib
+import functools
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from runtime.cpu import has_amx_bf16
+
+# Layer kind -> the paths it can take; the first is the stock kernel of that layer.
+PATH_CHOICES = {
+    "pointwise_conv": ("conv", "matmul"),
+    "strided_depthwise_conv": ("bf16", "fp32", "bf16_stride1_backward"),
+    "global_depthwise_conv": ("bf16", "fp32"),
+}
+
+
+def choose_cpu_paths(amx_bf16: bool) -> dict[str, str]:
+    """The rule: the paths measured fastest on CPUs with AMX; without it, the earlier paths (strided
+    depthwise in fp32, the rest stock), which is what the AVX-512-BF16 machines were measured with."""
+    if amx_bf16:
+        return {"pointwise_conv": "matmul", "strided_depthwise_conv": "bf16_stride1_backward",
+                "global_depthwise_conv": "fp32"}
+    return {"pointwise_conv": "conv", "strided_depthwise_conv": "fp32", "global_depthwise_conv": "bf16"}
+
+
+_forced: dict[str, str] = {}
+
+
+@functools.lru_cache(maxsize=None)
+def _probed_paths() -> tuple[tuple[str, str], ...]:
+    return tuple(choose_cpu_paths(has_amx_bf16()).items())
+
+
+def cpu_paths() -> dict[str, str]:
+    """Per layer kind, the path taken in a CPU bf16-autocast training step in this process."""
+    return {**dict(_probed_paths()), **_forced}
+
+
+@contextlib.contextmanager
+def forced_cpu_paths(**paths: str):
+    """Within the block, the given layer kinds take the given paths (tests, tools/benchmark_layers.py)."""
+    for kind, path in paths.items():
+        if path not in PATH_CHOICES.get(kind, ()):
+            raise ValueError(f"{kind}={path!r}; valid kinds and paths: {PATH_CHOICES}")
+    saved = dict(_forced)
+    _forced.update(paths)
+    try:
+        yield
+    finally:
+        _forced.clear()
+        _forced.update(saved)
+
 
 def _stock_path(x: torch.Tensor) -> bool:
     return (x.device.type != "cpu" or not torch.is_grad_enabled() or torch.compiler.is_compiling()
             or torch.jit.is_scripting() or torch.jit.is_tracing())
+
+
+def _cpu_bf16_autocast(x: torch.Tensor) -> bool:
+    """A CPU training forward under bf16 autocast: where the paths of `cpu_paths()` apply."""
+    return (x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
 
 
 class _PReLUFunction(torch.autograd.Function):
@@ -67,13 +130,85 @@ class PReLU(nn.PReLU):
         return _PReLUFunction.apply(x, self.weight)
 
 
+class _StridedDepthwiseFunction(torch.autograd.Function):
+    """A bias-free strided depthwise conv2d (zero padding) whose input gradient is computed as the
+    backward-data of the stride-1 conv over the output gradient interleaved with zeros: the strided
+    output at o is the stride-1 output at stride * o, so both give the same sums of the same products."""
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding, dilation):
+        ctx.save_for_backward(x, weight)
+        ctx.geometry = stride, padding, dilation
+        return F.conv2d(x, weight, None, stride, padding, dilation, x.shape[1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation = ctx.geometry
+        groups = x.shape[1]
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) \
+            else torch.contiguous_format
+        grad = grad.contiguous(memory_format=layout)
+        backward = torch.ops.aten.convolution_backward
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = backward(grad, x, weight, None, list(stride), list(padding), list(dilation), False,
+                                   [0, 0], groups, [False, True, False])[1]
+        if ctx.needs_input_grad[0]:
+            # The stride-1 output's size: input + 2 padding - the dilated kernel's extent + 1.
+            size = [x.shape[2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) for i in range(2)]
+            spread = torch.empty((grad.shape[0], groups, *size), dtype=grad.dtype, device=grad.device,
+                                 memory_format=layout).zero_()
+            spread[:, :, ::stride[0], ::stride[1]] = grad
+            grad_x = backward(spread, x, weight, None, [1, 1], list(padding), list(dilation), False, [0, 0],
+                              groups, [True, False, False])[0]
+        return grad_x, grad_weight, None, None, None
+
+
 class DepthwiseConv2d(nn.Conv2d):
-    """nn.Conv2d(groups=in_channels) whose strided form runs in fp32 under CPU autocast (see above);
-    the output then stays fp32 until the next convolution casts it back to bf16."""
+    """nn.Conv2d(groups=in_channels) whose strided and global forms take the path `cpu_paths()` names
+    under CPU bf16 autocast in training; its stride-1 form always runs the stock bf16 kernels."""
+
+    def kind(self, x: torch.Tensor) -> str | None:
+        """'strided_depthwise_conv', 'global_depthwise_conv' or None (the stock path for any CPU)."""
+        if self.stride != (1, 1):
+            return "strided_depthwise_conv"
+        if self.padding == (0, 0) and tuple(x.shape[-2:]) == tuple(self.kernel_size):
+            return "global_depthwise_conv"
+        return None
 
     def forward(self, x):
-        if (self.stride != (1, 1) and x.device.type == "cpu" and torch.is_grad_enabled()
-                and torch.is_autocast_enabled("cpu")):
+        # torch.compile keeps these paths too (Inductor calls the same oneDNN kernels), except the
+        # custom backward, for which it takes the fp32 path.
+        kind = self.kind(x) if _cpu_bf16_autocast(x) else None
+        path = cpu_paths()[kind] if kind else "bf16"
+        if path == "bf16_stride1_backward" and not (
+                self.bias is None and self.padding_mode == "zeros" and isinstance(self.padding, tuple)
+                and x.dim() == 4 and not _stock_path(x)):
+            path = "fp32"
+        if path == "fp32":
+            # The output then stays fp32 until the next convolution casts it back to bf16.
             with torch.autocast("cpu", enabled=False):
                 return super().forward(x.float())
+        if path == "bf16_stride1_backward":
+            with torch.autocast("cpu", enabled=False):
+                return _StridedDepthwiseFunction.apply(x.to(torch.bfloat16), self.weight.to(torch.bfloat16),
+                                                       self.stride, self.padding, self.dilation)
+        return super().forward(x)
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """A bias-free 1x1, stride-1 nn.Conv2d that, on the `matmul` path of `cpu_paths()` (CPU bf16
+    autocast, training, a channels_last input), runs as F.linear over the NHWC view of its input;
+    the output is the same channels_last tensor the conv gives."""
+
+    def forward(self, x):
+        if (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and self.bias is None
+                and self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
+                and self.groups == 1 and _cpu_bf16_autocast(x) and not _stock_path(x)
+                and cpu_paths()["pointwise_conv"] == "matmul"):
+            # permute() views: NHWC is the channels_last tensor's own memory order, so nothing is copied.
+            weight = self.weight.view(self.out_channels, self.in_channels)
+            return F.linear(x.permute(0, 2, 3, 1), weight).permute(0, 3, 1, 2)
         return super().forward(x)

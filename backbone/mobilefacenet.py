@@ -17,7 +17,7 @@ order, so converting their checkpoints is a renumbering of that one prefix.
 import torch
 from torch import nn
 
-from .layers import DepthwiseConv2d, PReLU
+from .layers import DepthwiseConv2d, PointwiseConv2d, PReLU
 
 # (expansion t, output channels c, repeats n, first stride s), the paper's Table 1.
 BOTTLENECK_TABLE = ((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2), (2, 128, 2, 1))
@@ -29,7 +29,12 @@ class ConvBN(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1,
                  padding: int = 0, groups: int = 1, linear: bool = False):
         super().__init__()
-        conv = DepthwiseConv2d if groups == in_channels > 1 else nn.Conv2d
+        if groups == in_channels > 1:
+            conv = DepthwiseConv2d
+        elif kernel_size == stride == groups == 1:
+            conv = PointwiseConv2d
+        else:
+            conv = nn.Conv2d
         self.conv = conv(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(out_channels)

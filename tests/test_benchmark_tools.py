@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+from backbone.layers import PATH_CHOICES, cpu_paths
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -24,6 +26,28 @@ def test_training_benchmark_reports_throughput_and_flops(tmp_path):
     assert result["recycling_allocator"] is False
     assert result["tflops"] > 0 and result["loader"] == "device-resident"
     assert csv_path.read_text().splitlines()[0].startswith("backbone,head,batch_size")
+    assert_reports_the_cpu(result)
+    assert result["cpu_paths"] == ";".join(f"{kind}={path}" for kind, path in cpu_paths().items())
+
+
+def assert_reports_the_cpu(report):
+    from runtime.cpu import cpu_features
+    here = cpu_features()
+    for key in ("cpu_model", "cpu_amx_bf16", "cpu_avx512_bf16", "cpu_avx512f", "torch_cpu_capability", "onednn"):
+        assert report[key] == here[key], key
+    assert report["threads"] == 1  # OMP_NUM_THREADS=1 in run_json
+
+
+def test_training_benchmark_refuses_a_csv_with_other_columns_by_name(tmp_path):
+    csv_path = tmp_path / "old.csv"
+    csv_path.write_text("backbone,images_per_second\nir50,1.0\n")
+    result = subprocess.run([sys.executable, "tools/benchmark.py", "--backbone", "mobilefacenet", "--batch-size", "2",
+                             "--num-classes", "10", "--device", "cpu", "--steps", "1", "--warmup", "0", "--json",
+                             "--csv", str(csv_path)], cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2 and f"--csv {csv_path}: its columns (backbone,images_per_second)" in result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["images_per_second"] > 0  # the figures are not lost
+    assert csv_path.read_text() == "backbone,images_per_second\nir50,1.0\n"
 
 
 def test_training_benchmark_through_the_real_loader_and_sharded_head(tmp_path):
@@ -39,17 +63,38 @@ def test_training_benchmark_through_the_real_loader_and_sharded_head(tmp_path):
 
 
 def test_old_step_baseline_compares_both_steps():
-    result = run_json("tools/baseline_old_step.py", "--rows", "mobilefacenet:4", "--num-classes", "50",
+    result = run_json("tools/baseline_old_step.py", "--rows", "mobilefacenet:4,vit_t:2", "--num-classes", "50",
                       "--steps", "1", "--warmup", "1", "--json")
-    row = result["rows"][0]
-    assert row["backbone"] == "mobilefacenet" and row["old_fp32"] > 0
-    assert row["ours_bf16_speedup"] > 0 and row["ours_fp32_speedup"] > 0
+    assert [row["backbone"] for row in result["rows"]] == ["mobilefacenet", "vit_t"]
+    for row in result["rows"]:
+        assert row["old_fp32"] > 0 and row["ours_bf16_speedup"] > 0 and row["ours_fp32_speedup"] > 0
+    assert_reports_the_cpu(result["cpu"])
+    assert result["cpu_paths"] == cpu_paths()
 
 
-def test_layer_benchmark_times_stock_and_fast_layers():
+def test_old_step_gets_torch_s_stock_layers_everywhere():
+    from backbone import build_backbone
+    from backbone.layers import DepthwiseConv2d, PointwiseConv2d, PReLU
+    from tools.baseline_old_step import with_stock_layers
+    for name in ("mobilefacenet", "ir18", "vit_t"):
+        model = with_stock_layers(build_backbone(name, 64))
+        assert not any(isinstance(m, (PReLU, DepthwiseConv2d, PointwiseConv2d)) for m in model.modules()), name
+
+
+def test_layer_benchmark_times_every_path_and_names_the_chosen_one():
     result = run_json("tools/benchmark_layers.py", "--repeats", "1", "--json")
-    assert [row["layer"] for row in result["rows"]] == ["prelu backward"] * 3 + ["stride-2 depthwise forward+backward"] * 3
-    assert all(row["stock_ms"] > 0 and row["ours_ms"] > 0 for row in result["rows"])
+    assert [row["layer"] for row in result["rows"]] == (
+        ["prelu backward"] * 3 + ["pointwise conv forward+backward"] * 6 + ["stride-2 depthwise forward+backward"] * 3
+        + ["global depthwise forward+backward"])
+    kinds = {"pointwise conv forward+backward": "pointwise_conv",
+             "stride-2 depthwise forward+backward": "strided_depthwise_conv",
+             "global depthwise forward+backward": "global_depthwise_conv"}
+    for row in result["rows"]:
+        assert all(ms > 0 for ms in row["ms"].values()) and row["fastest"] in row["ms"] and row["chosen"] in row["ms"]
+        if row["layer"] in kinds:
+            assert tuple(row["ms"]) == PATH_CHOICES[kinds[row["layer"]]]
+            assert row["chosen"] == cpu_paths()[kinds[row["layer"]]]
+    assert_reports_the_cpu(result["cpu"])
 
 
 def test_loader_benchmark_runs_on_a_fresh_pack():

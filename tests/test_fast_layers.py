@@ -1,7 +1,10 @@
-"""backbone/layers.py's PReLU and DepthwiseConv2d against torch's stock layers, and the CPU
-allocator setting of training/step.py. Speed is the benchmarks' business; these check that the
-fast paths compute exactly what the stock layers compute, and that they are the paths taken."""
+"""backbone/layers.py's PReLU, DepthwiseConv2d and PointwiseConv2d against torch's stock layers, on
+every path the CPU rule can choose; runtime/cpu.py's probe; the CPU allocator setting. Speed is the
+benchmarks' business; these check that the fast paths compute what the stock layers compute (exactly
+where the kernels allow it, else within bf16's rounding and no worse than torch's own bf16 layer),
+and that they are the paths taken."""
 
+import itertools
 import sys
 
 import pytest
@@ -10,8 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbone import build_backbone
-from backbone.layers import DepthwiseConv2d, PReLU, _PReLUFunction
+from backbone.layers import (PATH_CHOICES, DepthwiseConv2d, PointwiseConv2d, PReLU, _PReLUFunction, choose_cpu_paths,
+                             cpu_paths, forced_cpu_paths)
 from runtime import keep_freed_cpu_memory
+from runtime.cpu import cpu_features, has_amx_bf16, parse_cpuinfo
 
 SHAPES = [(4, 6, 5, 5), (5, 6), (3, 6, 7)]  # images, vectors (after a Linear), sequences
 
@@ -84,27 +89,117 @@ def test_prelu_takes_the_stock_kernel_where_no_gradient_is_needed():
     assert "prelu" in str(traced.graph) and "PReLUFunction" not in str(traced.graph)
 
 
-def depthwise_pair(stride):
+def depthwise_pair(stride, size=12, kernel=3, padding=1, channels=8):
     generator = torch.Generator().manual_seed(3)
-    ours = DepthwiseConv2d(8, 8, 3, stride=stride, padding=1, groups=8, bias=False)
-    stock = nn.Conv2d(8, 8, 3, stride=stride, padding=1, groups=8, bias=False)
+    options = {"stride": stride, "padding": padding, "groups": channels, "bias": False}
+    ours = DepthwiseConv2d(channels, channels, kernel, **options)
+    stock = nn.Conv2d(channels, channels, kernel, **options)
     stock.load_state_dict(ours.state_dict())
-    x = torch.randn(4, 8, 12, 12, generator=generator).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(4, channels, size, size, generator=generator).contiguous(memory_format=torch.channels_last)
     return ours, stock, x
 
 
-def test_strided_depthwise_runs_in_fp32_under_cpu_autocast():
+def forward_backward(layer, x, paths=None, autocast=True, seed=4):
+    """Output, input gradient and weight gradient of `layer` on x, under the forced `paths`."""
+    layer.zero_grad()
+    inputs = x.detach().clone().requires_grad_()
+    with forced_cpu_paths(**(paths or {})), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = layer(inputs)
+    # bf16 values whatever the output's dtype, so that every path gets the same upstream gradient.
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(torch.bfloat16)
+    out.backward(grad.to(out.dtype))
+    return out, inputs.grad, layer.weight.grad.clone()
+
+
+def test_the_rule_keeps_the_earlier_paths_without_amx_and_takes_the_measured_ones_with_it():
+    assert choose_cpu_paths(amx_bf16=False) == {"pointwise_conv": "conv", "strided_depthwise_conv": "fp32",
+                                                "global_depthwise_conv": "bf16"}
+    assert choose_cpu_paths(amx_bf16=True) == {"pointwise_conv": "matmul",
+                                               "strided_depthwise_conv": "bf16_stride1_backward",
+                                               "global_depthwise_conv": "fp32"}
+    for amx in (False, True):
+        assert all(path in PATH_CHOICES[kind] for kind, path in choose_cpu_paths(amx).items())
+    assert cpu_paths() == choose_cpu_paths(has_amx_bf16())
+
+
+def test_forced_paths_apply_inside_the_block_only_and_refuse_unknown_ones():
+    before = cpu_paths()
+    with forced_cpu_paths(pointwise_conv="matmul", global_depthwise_conv="bf16"):
+        assert cpu_paths()["pointwise_conv"] == "matmul" and cpu_paths()["global_depthwise_conv"] == "bf16"
+    assert cpu_paths() == before
+    with pytest.raises(ValueError, match="pointwise_conv='fast'"):
+        with forced_cpu_paths(pointwise_conv="fast"):
+            pass
+
+
+def bf16_reference(stock, x, grad_seed=4):
+    """Stock layer in fp64 from the bf16-rounded input, weight and upstream gradient (what every bf16
+    path approximates): output, input gradient, weight gradient."""
+    reference = type(stock)(stock.in_channels, stock.out_channels, stock.kernel_size, stride=stock.stride,
+                            padding=stock.padding, groups=stock.groups, bias=False).double()
+    reference.weight.data = stock.weight.data.to(torch.bfloat16).double()
+    inputs = x.to(torch.bfloat16).double().requires_grad_()
+    out = reference(inputs)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed)).to(torch.bfloat16)
+    out.backward(grad.double())
+    return out, inputs.grad, reference.weight.grad
+
+
+@pytest.mark.parametrize("path", PATH_CHOICES["strided_depthwise_conv"])
+@pytest.mark.parametrize("size, stride", [(12, 2), (13, 2), (11, 3)])
+def test_every_strided_depthwise_path_matches_the_stock_layer_under_bf16_autocast(path, size, stride):
+    ours, stock, x = depthwise_pair(stride, size)
+    out, grad_x, grad_w = forward_backward(ours, x.to(torch.bfloat16), {"strided_depthwise_conv": path})
+    stock_out, stock_grad_x, stock_grad_w = forward_backward(stock, x.to(torch.bfloat16))
+    assert out.dtype == (torch.float32 if path == "fp32" else torch.bfloat16)
+    assert grad_x.dtype == torch.bfloat16 and grad_w.dtype == torch.float32
+    if path != "fp32":  # the same bf16 forward kernel; the backward sums the same products
+        assert torch.equal(out, stock_out)
+    reference = bf16_reference(stock, x)
+    for ours_value, stock_value, exact in zip((out, grad_x, grad_w), (stock_out, stock_grad_x, stock_grad_w), reference):
+        torch.testing.assert_close(ours_value.double(), exact, rtol=1e-2, atol=1e-2)
+        # No less accurate than torch's own bf16 layer (up to one bf16 rounding of the largest value).
+        slack = 2 ** -7 * exact.abs().max()
+        assert (ours_value.double() - exact).abs().max() <= (stock_value.double() - exact).abs().max() + slack
+
+
+@pytest.mark.parametrize("path", PATH_CHOICES["global_depthwise_conv"])
+def test_every_global_depthwise_path_matches_the_stock_layer_under_bf16_autocast(path):
+    ours, stock, x = depthwise_pair(stride=1, size=7, kernel=7, padding=0)
+    out, grad_x, grad_w = forward_backward(ours, x.to(torch.bfloat16), {"global_depthwise_conv": path})
+    stock_out, stock_grad_x, stock_grad_w = forward_backward(stock, x.to(torch.bfloat16))
+    assert out.shape == (4, 8, 1, 1) and out.dtype == (torch.float32 if path == "fp32" else torch.bfloat16)
+    if path == "bf16":
+        assert torch.equal(out, stock_out) and torch.equal(grad_x, stock_grad_x) and torch.equal(grad_w, stock_grad_w)
+    for value, exact in zip((out, grad_x, grad_w), bf16_reference(stock, x)):
+        torch.testing.assert_close(value.double(), exact, rtol=1e-2, atol=1e-2)
+
+
+def test_strided_depthwise_in_fp32_agrees_with_stock_fp32_on_the_same_bf16_input():
     ours, stock, x = depthwise_pair(stride=2)
-    inputs = x.to(torch.bfloat16).requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = ours(inputs)
-    assert out.dtype == torch.float32
-    out.sum().backward()
-    reference_input = x.to(torch.bfloat16).float().requires_grad_()
-    stock(reference_input).sum().backward()
-    torch.testing.assert_close(out, stock(reference_input))
-    torch.testing.assert_close(inputs.grad.float(), reference_input.grad, rtol=1e-2, atol=1e-2)
-    torch.testing.assert_close(ours.weight.grad, stock.weight.grad)
+    out, grad_x, grad_w = forward_backward(ours, x.to(torch.bfloat16), {"strided_depthwise_conv": "fp32"})
+    stock_out, stock_grad_x, stock_grad_w = forward_backward(stock, x.to(torch.bfloat16).float(), autocast=False)
+    torch.testing.assert_close(out, stock_out)
+    torch.testing.assert_close(grad_x.float(), stock_grad_x, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(grad_w, stock_grad_w)
+
+
+def every_plan():
+    kinds = list(PATH_CHOICES)
+    return [dict(zip(kinds, paths)) for paths in itertools.product(*PATH_CHOICES.values())]
+
+
+@pytest.mark.parametrize("paths", every_plan(), ids=lambda paths: "-".join(paths.values()))
+def test_no_path_changes_anything_outside_cpu_bf16_autocast_training(paths):
+    for stride, size, kernel, padding in ((2, 12, 3, 1), (1, 7, 7, 0), (1, 12, 3, 1)):
+        ours, stock, x = depthwise_pair(stride, size, kernel, padding)
+        for got, want in zip(forward_backward(ours, x, paths, autocast=False), forward_backward(stock, x, autocast=False)):
+            assert torch.equal(got, want)
+        with forced_cpu_paths(**paths), torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(ours(x), stock(x))
+    ours, stock, x = pointwise_pair()
+    for got, want in zip(forward_backward(ours, x, paths, autocast=False), forward_backward(stock, x, autocast=False)):
+        assert torch.equal(got, want)
 
 
 def test_depthwise_stays_in_bf16_when_not_strided_or_not_training():
@@ -115,12 +210,48 @@ def test_depthwise_stays_in_bf16_when_not_strided_or_not_training():
             assert torch.equal(ours(x), stock(x))
 
 
+def pointwise_pair(in_channels=24, out_channels=16, size=6):
+    generator = torch.Generator().manual_seed(5)
+    ours = PointwiseConv2d(in_channels, out_channels, 1, bias=False)
+    stock = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+    stock.load_state_dict(ours.state_dict())
+    x = torch.randn(4, in_channels, size, size, generator=generator).contiguous(memory_format=torch.channels_last)
+    return ours, stock, x
+
+
+@pytest.mark.parametrize("path", PATH_CHOICES["pointwise_conv"])
+def test_every_pointwise_path_matches_the_stock_conv_under_bf16_autocast(path):
+    ours, stock, x = pointwise_pair()
+    out, grad_x, grad_w = forward_backward(ours, x, {"pointwise_conv": path})
+    stock_out, stock_grad_x, stock_grad_w = forward_backward(stock, x)
+    assert out.dtype == torch.bfloat16 and grad_x.dtype == torch.float32  # x is an fp32 input
+    assert out.is_contiguous(memory_format=torch.channels_last) and out.shape == stock_out.shape
+    assert grad_w.dtype == torch.float32 and grad_x.shape == x.shape
+    reference = bf16_reference(stock, x)
+    for ours_value, stock_value, exact in zip((out, grad_x, grad_w), (stock_out, stock_grad_x, stock_grad_w), reference):
+        torch.testing.assert_close(ours_value.double(), exact, rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(ours_value.double(), stock_value.double(), rtol=1.6e-2, atol=1e-2)
+
+
+def test_pointwise_takes_the_stock_conv_for_a_contiguous_input_and_without_gradients():
+    ours, stock, x = pointwise_pair()
+    with forced_cpu_paths(pointwise_conv="matmul"), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(ours(x.contiguous()), stock(x.contiguous()))
+        assert ours(x).grad_fn.name() != "ConvolutionBackward0"  # the matmul path, for contrast
+        with torch.no_grad():
+            assert torch.equal(ours(x), stock(x))
+
+
 def test_the_networks_use_the_fast_layers_and_keep_their_state_dict_keys():
     model = build_backbone("mobilefacenet", 128)
     strided = [m for m in model.modules() if isinstance(m, DepthwiseConv2d) and m.stride == (2, 2)]
     assert len(strided) == 3 and all(isinstance(m.prelu, PReLU) for m in model.bottlenecks[0].children()
                                      if hasattr(m, "prelu") and m.prelu is not None)
     assert "bottlenecks.0.conv_dw.conv.weight" in model.state_dict()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    pointwise = [m for m in convs if m.kernel_size == (1, 1) and m.stride == (1, 1)]
+    assert len(pointwise) == 31 and all(isinstance(m, PointwiseConv2d) for m in pointwise)
+    assert {type(m) for m in convs} == {nn.Conv2d, DepthwiseConv2d, PointwiseConv2d}  # the stem stays stock
     for name in ("ir18", "spherenet20"):
         net = build_backbone(name, 64)
         assert not any(type(m) is nn.PReLU for m in net.modules())
@@ -131,3 +262,35 @@ def test_the_networks_use_the_fast_layers_and_keep_their_state_dict_keys():
 def test_cpu_allocator_setting_is_accepted_by_glibc():
     assert keep_freed_cpu_memory(torch.device("cpu")) is True
     assert keep_freed_cpu_memory(torch.device("cuda")) is False  # only a device string; nothing runs on it
+
+
+CPUINFO_TEXT = """processor\t: 0
+vendor_id\t: SomeVendor
+model name\t: Example CPU 9000
+flags\t\t: fpu sse2 avx512f avx512_bf16 amx_bf16 amx_tile
+
+processor\t: 1
+model name\t: Example CPU 9000
+flags\t\t: fpu
+"""
+
+
+def test_cpuinfo_is_read_from_its_first_processor():
+    model, flags = parse_cpuinfo(CPUINFO_TEXT)
+    assert model == "Example CPU 9000" and {"avx512_bf16", "amx_bf16", "amx_tile"} <= flags and "fpu" in flags
+    assert parse_cpuinfo("") == ("", frozenset())
+
+
+def test_amx_is_not_counted_where_onednn_is_capped_below_it(monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert has_amx_bf16() is False
+    assert cpu_features()["onednn_max_cpu_isa"] == "AVX512_CORE_BF16"
+
+
+def test_cpu_features_report_the_model_the_isa_and_torch_s_view():
+    features = cpu_features()
+    assert set(features) == {"cpu_model", "cpu_amx_bf16", "cpu_avx512_bf16", "cpu_avx512f", "torch_cpu_capability",
+                             "onednn", "onednn_max_cpu_isa", "threads"}
+    assert features["cpu_model"] and features["threads"] == torch.get_num_threads()
+    assert features["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert all(isinstance(features[key], bool) for key in ("cpu_amx_bf16", "cpu_avx512_bf16", "cpu_avx512f"))

@@ -1,6 +1,6 @@
 """The old repository's training step, re-stated from its formulas, timed side by side with ours.
 
-    python tools/baseline_old_step.py                  # MobileFaceNet b64 and IR-50 b16, 10,575 classes
+    python tools/baseline_old_step.py                  # MobileFaceNet b64, IR-50 b16, ViT-T b32; 10,575 classes
     python tools/baseline_old_step.py --json --compile
 
 The old step (the repository this one succeeds): fp32, NCHW tensors, the backbone, then its
@@ -14,6 +14,9 @@ old step with our allocator setting alone, to show how much of the gain that is.
 definitions are used for both, except that the old step gets torch's stock nn.PReLU and nn.Conv2d
 where ours has backbone/layers.py's faster-on-the-CPU equivalents (the same parameters and outputs),
 so the ratio measures the step, not a different architecture. Each figure comes from its own process.
+The report starts with the CPU's model and features (runtime.cpu.cpu_features: AMX, AVX-512 BF16,
+torch's capability, oneDNN's version, threads) and the per-layer paths our step takes on it
+(backbone.layers.cpu_paths), since the ratio depends on both.
 """
 
 import argparse
@@ -29,9 +32,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from backbone import BACKBONES, build_backbone  # noqa: E402
-from backbone.layers import DepthwiseConv2d, PReLU  # noqa: E402
+from backbone.layers import DepthwiseConv2d, PointwiseConv2d, PReLU, cpu_paths  # noqa: E402
 from config import Config  # noqa: E402
 from runtime import keep_freed_cpu_memory, positive_int  # noqa: E402
+from runtime.cpu import cpu_features  # noqa: E402
 from training.components import build_train_state  # noqa: E402
 from training.distributed import DistributedContext  # noqa: E402
 from training.step import TrainStep  # noqa: E402
@@ -54,12 +58,12 @@ class OldArcMarginProduct(torch.nn.Module):
 
 
 def with_stock_layers(model: torch.nn.Module) -> torch.nn.Module:
-    """Our PReLU and DepthwiseConv2d only override forward(), so setting their class back to torch's
-    gives exactly the layers the old repository used."""
+    """Our PReLU, DepthwiseConv2d and PointwiseConv2d only override forward(), so setting their class
+    back to torch's gives exactly the layers the old repository used."""
     for module in model.modules():
         if isinstance(module, PReLU):
             module.__class__ = torch.nn.PReLU
-        elif isinstance(module, DepthwiseConv2d):
+        elif isinstance(module, (DepthwiseConv2d, PointwiseConv2d)):
             module.__class__ = torch.nn.Conv2d
     return model
 
@@ -150,7 +154,7 @@ def parse_row(parser, item: str) -> tuple[str, int]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", default="mobilefacenet:64,ir50:16",
+    parser.add_argument("--rows", default="mobilefacenet:64,ir50:16,vit_t:32",
                         help="backbone:batch pairs to compare (embedding 128 for mobilefacenet, else 512)")
     parser.add_argument("--num-classes", type=int, default=10575)
     parser.add_argument("--steps", type=positive_int, default=8)
@@ -164,6 +168,10 @@ def main(argv=None):
         print(measure(args.measure, *rows[0], args))
         return
     variants = [v for v in VARIANTS if args.compile or v != "ours_bf16_compile"]
+    cpu, paths = cpu_features(), cpu_paths()
+    if not args.json:
+        print("  ".join(f"{key}={value}" for key, value in cpu.items()), flush=True)
+        print("cpu_paths: " + ", ".join(f"{kind}={path}" for kind, path in paths.items()), flush=True)
     table = []
     for name, batch in rows:
         row = {"backbone": name, "batch_size": batch}
@@ -175,7 +183,8 @@ def main(argv=None):
         if not args.json:
             print("  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     if args.json:
-        print(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__, "rows": table}))
+        print(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": cpu,
+                          "cpu_paths": paths, "rows": table}))
 
 
 if __name__ == "__main__":

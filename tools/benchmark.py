@@ -16,7 +16,10 @@ On the CPU the allocator recycles freed memory as in train.py (--default-allocat
 the A/B) and max_rss_gb is the process's peak resident memory; on CUDA max_memory_gb is torch's peak
 (torch.cuda.max_memory_allocated). --grad-checkpoint recomputes the backbone's activations in the
 backward pass (IR nets, ViTs): run it and the plain step as separate processes to compare the peaks.
---csv FILE appends the result as a row; --json prints one JSON object.
+Every result names the CPU's model and features (runtime.cpu.cpu_features: AMX, AVX-512 BF16, AVX-512,
+torch's capability, oneDNN's version, threads) and the per-layer paths of backbone.layers.cpu_paths
+that a CPU step takes on it.
+--csv FILE appends the result as a row (to a file with the same columns); --json prints one JSON object.
 """
 
 import argparse
@@ -33,8 +36,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from backbone import BACKBONES, backbone_options  # noqa: E402
 from backbone.complexity import count_macs  # noqa: E402
+from backbone.layers import cpu_paths  # noqa: E402
 from config import Config  # noqa: E402
 from runtime import keep_freed_cpu_memory, positive_int  # noqa: E402
+from runtime.cpu import cpu_features  # noqa: E402
 from training.components import build_model, build_train_state  # noqa: E402
 from training.distributed import DistributedContext  # noqa: E402
 from training.step import TrainStep  # noqa: E402
@@ -185,24 +190,32 @@ def main(argv=None):
               "grad_checkpoint": args.grad_checkpoint,
               "channels_last": cfg.channels_last, "sharded_head": args.sharded_head, "sample_rate": args.sample_rate,
               "loader": args.loader or "device-resident", "recycling_allocator": recycling_allocator,
-              "torch": torch.__version__}
+              "torch": torch.__version__, **cpu_features(),
+              "cpu_paths": ";".join(f"{kind}={path}" for kind, path in cpu_paths().items())}
     result.update(time_training(cfg, device, args.num_classes, args.steps, args.warmup,
                                 args.loader[4:] if args.loader else None))
     if args.eval:
         result.update(time_evaluation(cfg, device, args.megaface_distractors))
-    if args.csv:
-        os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
-        new = not os.path.exists(args.csv)
-        with open(args.csv, "a", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(result))
-            if new:
-                writer.writeheader()
-            writer.writerow(result)
+    # Printed first, so that a refused CSV loses no figures.
     if args.json:
         print(json.dumps(result))
     else:
         for key, value in result.items():
             print(f"{key:32s} {value}")
+    if args.csv:
+        os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
+        new = not os.path.exists(args.csv) or os.path.getsize(args.csv) == 0
+        if not new:
+            with open(args.csv, newline="", encoding="utf-8") as handle:
+                header = next(csv.reader(handle), [])
+            if header != list(result):
+                parser.error(f"--csv {args.csv}: its columns ({','.join(header)}) differ from this result's "
+                             f"({','.join(result)}); give a new file")
+        with open(args.csv, "a", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(result))
+            if new:
+                writer.writeheader()
+            writer.writerow(result)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,87 @@
+"""What this process's CPU offers: its model name, the instruction-set features the CPU fast paths
+depend on, and torch's own view of them (vectorisation capability, oneDNN version, threads).
+
+The features are read once per process. AMX counts only when the CPU has its bf16 tiles, torch sees
+them and oneDNN is not capped below them by ONEDNN_MAX_CPU_ISA (or its older name DNNL_MAX_CPU_ISA),
+so it answers the question that matters to us: will oneDNN run its AMX kernels here?
+"""
+
+import functools
+import os
+import platform
+import re
+
+import torch
+
+CPUINFO = "/proc/cpuinfo"
+
+
+def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
+    """(model name, feature flags) of the first processor listed in a /proc/cpuinfo text."""
+    model, flags = "", frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key == "flags" and not flags:  # x86; other architectures say "Features"
+            flags = frozenset(value.split())
+        elif key == "Features" and not flags:
+            flags = frozenset(value.split())
+    return model, flags
+
+
+@functools.lru_cache(maxsize=None)
+def _cpuinfo() -> tuple[str, frozenset[str]]:
+    try:
+        with open(CPUINFO, encoding="utf-8", errors="replace") as handle:
+            model, flags = parse_cpuinfo(handle.read())
+    except OSError:  # not Linux
+        model, flags = "", frozenset()
+    return model or platform.processor() or platform.machine(), flags
+
+
+def onednn_isa_cap() -> str | None:
+    """The ISA ceiling set for oneDNN in the environment, upper-cased, or None."""
+    value = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return value.strip().upper() if value else None
+
+
+def _torch_says(name: str) -> bool | None:
+    probe = getattr(torch.cpu, name, None)  # private helpers of torch.cpu; absent in some versions
+    try:
+        return bool(probe()) if probe is not None else None
+    except RuntimeError:
+        return None
+
+
+def has_amx_bf16() -> bool:
+    """True when oneDNN will run bf16 convolutions and matmuls on AMX tiles in this process."""
+    _, flags = _cpuinfo()
+    cap = onednn_isa_cap()
+    if cap is not None and cap != "ALL" and "AMX" not in cap:
+        return False
+    torch_view = _torch_says("_is_amx_tile_supported")
+    if flags:
+        return "amx_bf16" in flags and "amx_tile" in flags and torch_view is not False
+    return bool(torch_view)
+
+
+def has_avx512_bf16() -> bool:
+    _, flags = _cpuinfo()
+    return "avx512_bf16" in flags if flags else bool(_torch_says("_is_avx512_bf16_supported"))
+
+
+def onednn_version() -> str:
+    """oneDNN's version as torch was built with it (torch prints it as MKL-DNN or oneDNN)."""
+    match = re.search(r"(?:MKL-DNN|oneDNN)\s+v?([\d.]+)", torch.__config__.show())
+    return match.group(1) if match else "none"
+
+
+def cpu_features() -> dict:
+    """The CPU facts a benchmark reports beside its figures (flat, so that a CSV row can hold it)."""
+    model, flags = _cpuinfo()
+    return {"cpu_model": model, "cpu_amx_bf16": has_amx_bf16(), "cpu_avx512_bf16": has_avx512_bf16(),
+            "cpu_avx512f": "avx512f" in flags if flags else bool(_torch_says("_is_avx512_supported")),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "onednn": onednn_version(),
+            "onednn_max_cpu_isa": onednn_isa_cap() or "", "threads": torch.get_num_threads()}
