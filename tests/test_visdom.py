@@ -320,3 +320,28 @@ def test_front_end_is_fetched_without_node_and_matches_the_cached_tarball(tmp_pa
         pytest.skip(f"the npm registry is not reachable from here: {result.stderr.strip()[-300:]}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert target.read_bytes() == cached.read_bytes()
+
+
+def test_a_training_run_prints_its_own_environment_and_its_curves_are_there(server, tmp_path):
+    """train.py with Visdom on: log.txt names the run's environment URL (not the empty `main`), and the
+    server holds that environment's loss curve at the logged steps."""
+    import train
+    from dataset import write_record_pack
+    from dataset.synthetic import SyntheticFaces
+
+    port, _ = server
+    faces = SyntheticFaces(seed=3)
+    write_record_pack(tmp_path / "pack", ((faces.render(i // 8, i % 8), i // 8) for i in range(32)), num_classes=4)
+    name = "visdom run"  # a space, so the URL must quote it
+    train.main([f"--train_data={tmp_path / 'pack'}", "--val_sets=", "--batch_size=8", "--workers=0",
+                f"--output_dir={tmp_path}", f"--name={name}", "--visdom=true", f"--visdom_port={port}",
+                "--progress=false", "--precision=fp32", "--max_steps=2", "--log_freq=1", "--test_freq=0",
+                "--save_freq=0"])
+    log = (tmp_path / name / "log.txt").read_text()
+    assert f"live curves: http://127.0.0.1:{port}/env/visdom%20run\n" in log
+    reader = visdom.Visdom(port=port, env=name, raise_exceptions=True, use_incoming_socket=False)
+    loss = json.loads(reader.get_window_data("loss", name))["content"]["data"]
+    logged = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    train_records = [record for record in logged if record["event"] == "train"]
+    assert [(trace["x"], trace["y"]) for trace in loss] == [([r["step"] for r in train_records],
+                                                            [r["loss"] for r in train_records])]
