@@ -14,7 +14,7 @@ def check_precision(precision: str, device: torch.device) -> None:
     if precision not in PRECISIONS:
         raise UsageError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type == "cpu":
-        # CPU autocast in float16 has no fast kernels: a step runs about 100x slower than bf16.
+        # CPU autocast in float16 has no fast kernels: a step runs orders of magnitude slower than bf16.
         raise UsageError("precision 'fp16' on the CPU is far slower than bf16 (no fast float16 CPU kernels); "
                          "use bf16 or fp32 on the CPU, fp16 on a GPU")
 
