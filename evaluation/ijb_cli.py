@@ -58,13 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def choose_mode(parser, text: str | None, has_flip: bool) -> Mode:
+def parse_mode(parser, text: str | None) -> Mode | None:
+    """--mode's Mode (None when not given), checked before any feature is read or extracted."""
     if text is None:
-        return Mode.parse(DEFAULT_MODE if has_flip else DEFAULT_MODE[:-1] + "0")
+        return None
     try:
-        mode = Mode.parse(text)
+        return Mode.parse(text)
     except ValueError as error:
         parser.error(f"--mode: {error}")
+
+
+def choose_mode(parser, mode: Mode | None, has_flip: bool) -> Mode:
+    if mode is None:
+        return Mode.parse(DEFAULT_MODE if has_flip else DEFAULT_MODE[:-1] + "0")
     if mode.flip and not has_flip:
         parser.error(f"--mode {mode.name} needs mirror-image features, which these features lack: use "
                      f"{mode.name[:-1]}0")
@@ -164,6 +170,7 @@ def main(argv=None) -> None:
     check_model_arguments(parser, args, args.features is not None)
     if args.features is not None and (args.skip_missing or args.max_chunks or args.feature_dir):
         parser.error("--skip-missing, --max-chunks and --feature-dir are extraction options; --features needs none")
+    requested_mode = parse_mode(parser, args.mode)
     meta = read_ijb_meta(args.root, args.set, landmarks=args.features is None)
 
     # ============ per-image features ============
@@ -186,7 +193,7 @@ def main(argv=None) -> None:
         source += f"; {int(missing.sum())} missing images left out"
     if args.save_features:
         save_ijb_features(args.save_features, features, missing)
-    mode = choose_mode(parser, args.mode, features.flipped is not None)
+    mode = choose_mode(parser, requested_mode, features.flipped is not None)
 
     # ============ evaluation and output ============
     result = evaluate(meta, features, mode, ~missing if missing.any() else None, args.features)

@@ -147,6 +147,10 @@ def test_features_without_mirror_images_default_to_f0_and_refuse_f2(tree, tmp_pa
     assert status == 2 and "--mode N1D1F2 needs mirror-image features, which these features lack: use N1D1F0" in err
     status, _, err = run(argv + ["--mode", "N1D2F0"])
     assert status == 2 and "is not N{0,1}D{0,1}F{0,1,2}" in err
+    # a bad --mode is refused before any image is read for a model
+    status, _, err = run(["--root", base / "IJBC", "--checkpoint", base / "backbone.pt", "--feature-dir",
+                          tmp_path / "store", "--mode", "N1D2F0", "--out-dir", tmp_path])
+    assert status == 2 and "is not N{0,1}D{0,1}F{0,1,2}" in err and not (tmp_path / "store").exists()
     status, _, err = run(argv + ["--checkpoint", base / "backbone.pt"])
     assert status == 2 and "--features replaces the model: drop --checkpoint" in err
     status, _, err = run(argv + ["--max-chunks", 1])

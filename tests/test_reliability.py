@@ -312,3 +312,21 @@ def test_log_txt_has_training_lines_and_best_counts_the_evaluation_at_start(data
     assert summary["best_accuracy"]["lfw"] == max(summary["accuracy_at_start"]["lfw"], summary["accuracy"]["lfw"])
     start_record = events(tmp_path / "run", "val")[0]
     assert start_record["step"] == 0 and start_record["best_accuracy"] == summary["accuracy_at_start"]["lfw"]
+
+
+def test_plot_run_reads_the_first_step_reaching_an_accuracy(data, tmp_path, capsys):
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import plot_run
+
+    train.main(base_args(data / "pack", tmp_path, "run", "--max_steps=3", "--val_sets=lfw", "--eval_at_start=true",
+                         "--test_freq=1"))
+    run_dir = str(tmp_path / "run")
+    accuracies = [(record["step"], record["accuracy_mean"]) for record in events(run_dir, "val")]
+    best = max(accuracy for _, accuracy in accuracies)
+    for reach, expected in ((best, next(step for step, accuracy in accuracies if accuracy >= best)), (best + 0.01, None)):
+        plot_run.main([run_dir, "--json", "--reach", str(reach), "--out", str(tmp_path / "curves.png")])
+        result = json.loads(capsys.readouterr().out.splitlines()[-1])
+        assert result["reach"] == reach and result["first_step_reaching"] == expected
+    with pytest.raises(SystemExit) as refused:
+        plot_run.main([run_dir, "--reach", "0.9"])
+    assert refused.value.code == 2 and "give --json too" in capsys.readouterr().err

@@ -85,6 +85,8 @@ def main(argv=None):
     parser.add_argument("--reach", type=float, metavar="ACC",
                         help="with --json, also the first evaluated step whose accuracy is at least ACC")
     args = parser.parse_args(argv)
+    if args.reach is not None and not args.json:
+        parser.error("--reach adds first_step_reaching to the JSON line: give --json too")
     events = read_events(args.run_dir)
     out = args.out or os.path.join(args.run_dir, "curves.png")
     plot(events, out, os.path.basename(os.path.normpath(args.run_dir)))
