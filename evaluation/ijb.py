@@ -306,7 +306,7 @@ class IJBResult:
         """Rank-k over both galleries: mated probes found within the top k, over all probe templates."""
         if not self.galleries:
             return None
-        found = sum(int(g.cmc_counts[min(k, len(g.cmc_counts)) - 1]) for g in self.galleries)
+        found = sum(g.found_within(k) for g in self.galleries)
         return found / self.n_probes
 
     def tpir_at_fpir(self) -> dict | None:

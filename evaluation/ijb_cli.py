@@ -136,7 +136,7 @@ def evaluate(meta: IJBMeta, features, mode: Mode, valid: np.ndarray | None, feat
 def record_of(result: IJBResult) -> dict:
     """Everything SET_result.json holds: the JSON line's numbers and the per-gallery ones."""
     galleries = {g.name: {"gallery_templates": g.n_gallery, "mated_probes": g.n_mated,
-                          "rank": {str(k): int(g.cmc_counts[min(k, len(g.cmc_counts)) - 1]) / g.n_mated for k in RANKS},
+                          "rank": {str(k): g.found_within(k) / g.n_mated for k in RANKS},
                           "tpir_at_fpir": {str(f): g.tpir_at_fpir[f] for f in FPIR_TARGETS},
                           "threshold_at_fpir": {str(f): g.thresholds[f] for f in FPIR_TARGETS}}
                  for g in result.galleries}
@@ -155,7 +155,7 @@ def print_table(result: IJBResult, set_name: str, source: str, files: dict) -> N
         header = "".join(f"{'rank-' + str(k):>9}" for k in RANKS) + "".join(f"{'TPIR@' + str(f):>11}" for f in FPIR_TARGETS)
         print(f"{'':>20}{header}")
         for g in result.galleries:
-            ranks = "".join(f"{100 * g.cmc_counts[min(k, len(g.cmc_counts)) - 1] / g.n_mated:>8.2f}%" for k in RANKS)
+            ranks = "".join(f"{100 * g.found_within(k) / g.n_mated:>8.2f}%" for k in RANKS)
             tpirs = "".join(f"{100 * g.tpir_at_fpir[f]:>10.2f}%" for f in FPIR_TARGETS)
             print(f"{g.name + ' (' + format(g.n_gallery, ',') + ' templates)':>20}{ranks}{tpirs}")
         ranks = "".join(f"{100 * result.rank(k):>8.2f}%" for k in RANKS)

@@ -99,16 +99,15 @@ def load_ijb_features(path, n_images: int) -> tuple[FeatureRows, np.ndarray | No
         if array is not None and array.shape[0] != n_images:
             raise DataFormatError(path, f"{key} has {array.shape[0]} rows, the 5-point file lists {n_images} images "
                                         "(row i of the features is line i of that file)")
-    flipped = arrays.get("embeddings_flip")
-    if flipped is not None and tuple(flipped.shape) != tuple(arrays["embeddings"].shape):
-        raise DataFormatError(path, f"embeddings_flip has shape {tuple(flipped.shape)}, embeddings "
-                                    f"{tuple(arrays['embeddings'].shape)}")
     missing = arrays.get("missing")
     if missing is not None:
         if missing.dtype != np.bool_ or missing.shape != (n_images,):
             raise DataFormatError(path, f"missing must be {n_images} booleans, got dtype {missing.dtype} shape "
                                         f"{missing.shape}")
-    return FeatureRows(arrays["embeddings"], flipped), missing
+    try:
+        return FeatureRows(arrays["embeddings"], arrays.get("embeddings_flip")), missing
+    except ValueError as error:  # the two arrays' shapes differ
+        raise DataFormatError(path, str(error)) from None
 
 
 def save_ijb_features(path, features: FeatureRows, missing: np.ndarray) -> None:

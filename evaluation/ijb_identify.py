@@ -29,6 +29,10 @@ class GalleryResult:
     thresholds: dict          # {fpir: score threshold}
     det_tpir: np.ndarray      # TPIR at each of DET_FPIRS
 
+    def found_within(self, k: int) -> int:
+        """Mated probes whose mate is among the top k (the CMC's last count for k past its end)."""
+        return int(self.cmc_counts[min(k, len(self.cmc_counts)) - 1])
+
 
 class GallerySearch:
     """The search of one gallery (each subject one template), fed the probes' scores against it a

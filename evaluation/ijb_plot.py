@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from .ijb import DET_FPIRS, IJBResult
-from .plot import _figure, save_roc_png
+from .plot import figure_axes, save_roc_png
 from .verification import RocCurve
 
 _ROC_POINTS = 4000  # what a figure can show: the curve thinned on the log FPR axis
@@ -35,7 +35,7 @@ def save_ijb_figures(result: IJBResult, out_dir, set_name: str) -> dict:
     if not result.galleries:
         return files
     files["cmc"] = os.path.join(out_dir, f"{set_name}_cmc.png")
-    with _figure(files["cmc"], f"{title} 1:N CMC ({result.n_probes:,} probe templates)", "rank",
+    with figure_axes(files["cmc"], f"{title} 1:N CMC ({result.n_probes:,} probe templates)", "rank",
                  "identification rate (%)") as axes:
         for gallery in result.galleries:
             axes.plot(np.arange(1, len(gallery.cmc_counts) + 1), 100 * gallery.cmc_counts / gallery.n_mated,
@@ -44,7 +44,7 @@ def save_ijb_figures(result: IJBResult, out_dir, set_name: str) -> dict:
         axes.plot(np.arange(1, len(cmc) + 1), 100 * cmc, linewidth=2, color="black", label="both (of all probes)")
         axes.set_xscale("log")
     files["det"] = os.path.join(out_dir, f"{set_name}_det.png")
-    with _figure(files["det"], f"{title} 1:N DET", "false positive identification rate (FPIR)",
+    with figure_axes(files["det"], f"{title} 1:N DET", "false positive identification rate (FPIR)",
                  "true positive identification rate (TPIR)", log_x=True) as axes:
         for gallery in result.galleries:
             axes.plot(DET_FPIRS, gallery.det_tpir, linewidth=1.2, label=gallery.name)

@@ -14,7 +14,7 @@ from .verification import RocCurve, VerificationResult
 
 
 @contextmanager
-def _figure(path, title: str, xlabel: str, ylabel: str, log_x: bool = False, legend_size=None):
+def figure_axes(path, title: str, xlabel: str, ylabel: str, log_x: bool = False, legend_size=None):
     """Axes to draw on; on leaving, the labels, grid and legend are added and the PNG is written."""
     figure = Figure(figsize=(6.4, 4.8), dpi=120)
     FigureCanvasAgg(figure)
@@ -50,7 +50,7 @@ def save_roc_png(result_or_results, path, labels=None, title: str = "ROC", min_f
     curves = [_as_curve(item) for item in items]
     if labels is not None and len(labels) != len(curves):
         raise ValueError(f"{len(labels)} labels for {len(curves)} curves")
-    with _figure(path, title, "false accept rate (FAR)", "true accept rate (TAR)", log_x=True) as axes:
+    with figure_axes(path, title, "false accept rate (FAR)", "true accept rate (TAR)", log_x=True) as axes:
         smallest = 1.0
         for index, (curve, default_label) in enumerate(curves):
             fpr, tpr = np.asarray(curve.fpr, dtype=float), np.asarray(curve.tpr, dtype=float)
@@ -68,7 +68,7 @@ def save_roc_png(result_or_results, path, labels=None, title: str = "ROC", min_f
 def save_cmc_png(results: dict, path, title: str = "MegaFace Challenge 1 CMC (FaceScrub probes)") -> None:
     """CMC curves of MegaFace results ({label suffix: MegaFaceResult}), one per distractor count; the
     second result's curves (e.g. the refined ones) are dashed."""
-    with _figure(path, title, "rank", "identification rate (%)", legend_size="small") as axes:
+    with figure_axes(path, title, "rank", "identification rate (%)", legend_size="small") as axes:
         for style, (suffix, result) in zip(("-", "--"), results.items()):
             for colour, (count, curve) in enumerate(result.cmc.items()):
                 axes.plot(np.arange(1, len(curve) + 1), 100 * np.asarray(curve), style, marker="o", markersize=3,

@@ -206,3 +206,6 @@ def test_bad_inputs_are_named(tree, tmp_path):
     save_npz(tmp_path / "f.npz", embeddings=embeddings)
     status, _, err = run(argv)
     assert status == 1 and "f.npz: image row 3 (line 4 of the 5-point file) has a NaN or infinite feature" in err
+    save_npz(tmp_path / "f.npz", embeddings=embeddings, embeddings_flip=embeddings[:, :4])
+    status, _, err = run(argv)
+    assert status == 1 and f"f.npz: embeddings_flip has shape ({len(plan.names)}, 4), embeddings ({len(plan.names)}, 8)" in err
