@@ -230,6 +230,9 @@ def train(cfg, context, run_dir: str, train_set, val_sets: dict, initial_backbon
     log.event("summary", **summary)
     log.close()
     if context.enabled:
+        # Leave together: a rank that tears its gloo group down while rank 0 still writes the last
+        # checkpoint can abort at exit (std::terminate), and torchrun then reports the run failed.
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     if stop == "nonfinite":
         raise SystemExit(3)
