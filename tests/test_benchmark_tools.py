@@ -38,6 +38,16 @@ def assert_reports_the_cpu(report):
     assert report["threads"] == 1  # OMP_NUM_THREADS=1 in run_json
 
 
+def test_training_benchmark_takes_the_forced_cpu_paths():
+    forced = {"pointwise_conv": "matmul", "strided_depthwise_conv": "bf16_stride1_backward",
+              "global_depthwise_conv": "fp32"}
+    result = run_json("tools/benchmark.py", "--backbone", "mobilefacenet", "--batch-size", "2", "--num-classes", "10",
+                      "--device", "cpu", "--steps", "1", "--warmup", "0", "--json", "--cpu-paths",
+                      ",".join(f"{kind}={path}" for kind, path in forced.items()))
+    assert result["cpu_paths"] == ";".join(f"{kind}={path}" for kind, path in forced.items())
+    assert result["images_per_second"] > 0
+
+
 def test_training_benchmark_refuses_a_csv_with_other_columns_by_name(tmp_path):
     csv_path = tmp_path / "old.csv"
     csv_path.write_text("backbone,images_per_second\nir50,1.0\n")
@@ -106,6 +116,8 @@ def test_loader_benchmark_runs_on_a_fresh_pack():
 def test_benchmark_tools_refuse_bad_arguments_by_name():
     for args, message in ((["tools/benchmark_layers.py", "--repeats", "0"], "--repeats: must be a positive integer, got 0"),
                           (["tools/benchmark.py", "--device", "cpu", "--steps", "0"], "--steps: must be a positive integer, got 0"),
+                          (["tools/benchmark.py", "--device", "cpu", "--cpu-paths", "global_depthwise_conv=fp16"],
+                           "--cpu-paths item 'global_depthwise_conv=fp16': valid: pointwise_conv=conv|matmul;"),
                           (["tools/baseline_old_step.py", "--rows", "mobilefacenet"], "--rows item 'mobilefacenet'"),
                           (["tools/baseline_old_step.py", "--rows", "nonet:4"], "--rows item 'nonet:4'")):
         result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120)

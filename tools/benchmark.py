@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from backbone import BACKBONES, backbone_options  # noqa: E402
 from backbone.complexity import count_macs  # noqa: E402
-from backbone.layers import cpu_paths  # noqa: E402
+from backbone.layers import PATH_CHOICES, cpu_paths, forced_cpu_paths  # noqa: E402
 from config import Config  # noqa: E402
 from runtime import keep_freed_cpu_memory, positive_int  # noqa: E402
 from runtime.cpu import cpu_features  # noqa: E402
@@ -142,6 +142,18 @@ def time_evaluation(cfg: Config, device, megaface_distractors: int) -> dict:
     return timings
 
 
+def parse_cpu_paths(parser, text: str) -> dict[str, str]:
+    """--cpu-paths KIND=PATH,... as {kind: path}, each checked against backbone.layers.PATH_CHOICES."""
+    paths = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        kind, _, path = item.partition("=")
+        if path not in PATH_CHOICES.get(kind, ()):
+            parser.error(f"--cpu-paths item {item!r}: valid: " +
+                         "; ".join(f"{k}={'|'.join(v)}" for k, v in PATH_CHOICES.items()))
+        paths[kind] = path
+    return paths
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="mobilefacenet")
@@ -164,6 +176,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--default-allocator", action="store_true",
                         help="on the CPU, leave glibc's allocator as it is (train.py makes it recycle freed memory)")
+    parser.add_argument("--cpu-paths", default="", metavar="KIND=PATH,...",
+                        help="force backbone.layers' CPU paths (e.g. global_depthwise_conv=fp32) to time one against "
+                             "another; kinds and paths: " + "; ".join(f"{k}: {'/'.join(v)}" for k, v in PATH_CHOICES.items()))
     parser.add_argument("--eval", action="store_true", help="also time extraction, verification, MegaFace")
     parser.add_argument("--megaface-distractors", type=int, default=100_000)
     parser.add_argument("--csv", help="append the result to this CSV file (e.g. result/benchmark.csv)")
@@ -174,6 +189,7 @@ def main(argv=None):
     if args.grad_checkpoint and "grad_checkpoint" not in backbone_options(args.backbone):
         supported = ", ".join(name for name in BACKBONES if "grad_checkpoint" in backbone_options(name))
         parser.error(f"--grad-checkpoint: backbone {args.backbone!r} has none; valid: {supported}")
+    forced_paths = parse_cpu_paths(parser, args.cpu_paths)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -190,10 +206,11 @@ def main(argv=None):
               "grad_checkpoint": args.grad_checkpoint,
               "channels_last": cfg.channels_last, "sharded_head": args.sharded_head, "sample_rate": args.sample_rate,
               "loader": args.loader or "device-resident", "recycling_allocator": recycling_allocator,
-              "torch": torch.__version__, **cpu_features(),
-              "cpu_paths": ";".join(f"{kind}={path}" for kind, path in cpu_paths().items())}
-    result.update(time_training(cfg, device, args.num_classes, args.steps, args.warmup,
-                                args.loader[4:] if args.loader else None))
+              "torch": torch.__version__, **cpu_features()}
+    with forced_cpu_paths(**forced_paths):
+        result["cpu_paths"] = ";".join(f"{kind}={path}" for kind, path in cpu_paths().items())
+        result.update(time_training(cfg, device, args.num_classes, args.steps, args.warmup,
+                                    args.loader[4:] if args.loader else None))
     if args.eval:
         result.update(time_evaluation(cfg, device, args.megaface_distractors))
     # Printed first, so that a refused CSV loses no figures.
