@@ -15,9 +15,9 @@ CPU training step around kernels of torch 2.x / oneDNN that are slow for MobileF
   (forward, backward-data, backward-weights), so the layer can run as `F.linear` over the NHWC view.
 
 Which of these paths each layer takes is `cpu_paths()`: a rule on the CPU's capability
-(runtime.cpu.has_amx_bf16), chosen so that a CPU without AMX takes exactly the paths it was measured
-with before AMX was considered, and a CPU with AMX the ones measured on one (`tools/benchmark_layers.py`
-times every path on the machine at hand). None of them changes the mathematics, only the kernels and
+(runtime.cpu.has_amx_bf16). The depthwise paths are the ones measured fastest per layer on both CPU
+kinds (AVX-512 BF16 without AMX, and AMX); only the 1x1 convolution's path depends on AMX, as the
+matmul wins only with AMX tiles (`tools/benchmark_layers.py` times every path on the machine at hand). None of them changes the mathematics, only the kernels and
 rounding: the tests hold every path to the stock layer. On CUDA, without gradients (export,
 evaluation), in fp32 and under torch.compile / TorchScript the layers call the stock kernels.
 """
@@ -41,12 +41,10 @@ PATH_CHOICES = {
 
 
 def choose_cpu_paths(amx_bf16: bool) -> dict[str, str]:
-    """The rule: the paths measured fastest on CPUs with AMX; without it, the earlier paths (strided
-    depthwise in fp32, the rest stock), which is what the AVX-512-BF16 machines were measured with."""
-    if amx_bf16:
-        return {"pointwise_conv": "matmul", "strided_depthwise_conv": "bf16_stride1_backward",
-                "global_depthwise_conv": "fp32"}
-    return {"pointwise_conv": "conv", "strided_depthwise_conv": "fp32", "global_depthwise_conv": "bf16"}
+    """The rule: depthwise paths that were fastest per layer with and without AMX alike; the 1x1
+    convolution as a matmul only where oneDNN runs AMX tiles (without them its conv kernel wins)."""
+    return {"pointwise_conv": "matmul" if amx_bf16 else "conv",
+            "strided_depthwise_conv": "bf16_stride1_backward", "global_depthwise_conv": "fp32"}
 
 
 _forced: dict[str, str] = {}

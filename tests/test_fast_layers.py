@@ -111,12 +111,10 @@ def forward_backward(layer, x, paths=None, autocast=True, seed=4):
     return out, inputs.grad, layer.weight.grad.clone()
 
 
-def test_the_rule_keeps_the_earlier_paths_without_amx_and_takes_the_measured_ones_with_it():
-    assert choose_cpu_paths(amx_bf16=False) == {"pointwise_conv": "conv", "strided_depthwise_conv": "fp32",
-                                                "global_depthwise_conv": "bf16"}
-    assert choose_cpu_paths(amx_bf16=True) == {"pointwise_conv": "matmul",
-                                               "strided_depthwise_conv": "bf16_stride1_backward",
-                                               "global_depthwise_conv": "fp32"}
+def test_the_rule_takes_the_depthwise_paths_fastest_on_both_cpu_kinds_and_the_matmul_only_with_amx():
+    depthwise = {"strided_depthwise_conv": "bf16_stride1_backward", "global_depthwise_conv": "fp32"}
+    assert choose_cpu_paths(amx_bf16=False) == {"pointwise_conv": "conv", **depthwise}
+    assert choose_cpu_paths(amx_bf16=True) == {"pointwise_conv": "matmul", **depthwise}
     for amx in (False, True):
         assert all(path in PATH_CHOICES[kind] for kind, path in choose_cpu_paths(amx).items())
     assert cpu_paths() == choose_cpu_paths(has_amx_bf16())
