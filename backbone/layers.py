@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from runtime.cpu import has_amx_bf16
+from runtime.cpu import cpu_features, has_amx_bf16
 
 # Layer kind -> the paths it can take; the first is the stock kernel of that layer.
 PATH_CHOICES = {
@@ -58,6 +58,12 @@ def _probed_paths() -> tuple[tuple[str, str], ...]:
 def cpu_paths() -> dict[str, str]:
     """Per layer kind, the path taken in a CPU bf16-autocast training step in this process."""
     return {**dict(_probed_paths()), **_forced}
+
+
+def cpu_step_report() -> str:
+    """Two lines for a CPU benchmark's head: the CPU's features, then the paths the step takes."""
+    features = "  ".join(f"{key}={value}" for key, value in cpu_features().items())
+    return features + "\ncpu_paths: " + ", ".join(f"{kind}={path}" for kind, path in cpu_paths().items())
 
 
 @contextlib.contextmanager

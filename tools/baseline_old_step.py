@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from backbone import BACKBONES, build_backbone  # noqa: E402
-from backbone.layers import DepthwiseConv2d, PointwiseConv2d, PReLU, cpu_paths  # noqa: E402
+from backbone.layers import DepthwiseConv2d, PointwiseConv2d, PReLU, cpu_paths, cpu_step_report  # noqa: E402
 from config import Config  # noqa: E402
 from runtime import keep_freed_cpu_memory, positive_int  # noqa: E402
 from runtime.cpu import cpu_features  # noqa: E402
@@ -170,8 +170,7 @@ def main(argv=None):
     variants = [v for v in VARIANTS if args.compile or v != "ours_bf16_compile"]
     cpu, paths = cpu_features(), cpu_paths()
     if not args.json:
-        print("  ".join(f"{key}={value}" for key, value in cpu.items()), flush=True)
-        print("cpu_paths: " + ", ".join(f"{kind}={path}" for kind, path in paths.items()), flush=True)
+        print(cpu_step_report(), flush=True)
     table = []
     for name, batch in rows:
         row = {"backbone": name, "batch_size": batch}

@@ -21,7 +21,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from backbone.layers import PATH_CHOICES, DepthwiseConv2d, PointwiseConv2d, PReLU, cpu_paths, forced_cpu_paths  # noqa: E402
+from backbone.layers import (PATH_CHOICES, DepthwiseConv2d, PointwiseConv2d, PReLU, cpu_paths,  # noqa: E402
+                             cpu_step_report, forced_cpu_paths)
 from runtime import keep_freed_cpu_memory, positive_int  # noqa: E402
 from runtime.cpu import cpu_features  # noqa: E402
 
@@ -94,8 +95,7 @@ def main(argv=None):
     if args.json:
         print(json.dumps(report))
         return
-    print("  ".join(f"{key}={value}" for key, value in report["cpu"].items()))
-    print("cpu_paths:", ", ".join(f"{kind}={path}" for kind, path in report["cpu_paths"].items()))
+    print(cpu_step_report())
     for row in rows:
         times = "  ".join(f"{path} {ms:8.2f}" for path, ms in row["ms"].items())
         print(f"{row['layer']:36s} {str(row['shape']):20s} {times}   ms; chosen {row['chosen']}, fastest {row['fastest']}")
