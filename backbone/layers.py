@@ -17,9 +17,10 @@ CPU training step around kernels of torch 2.x / oneDNN that are slow for MobileF
 Which of these paths each layer takes is `cpu_paths()`: a rule on the CPU's capability
 (runtime.cpu.has_amx_bf16). The depthwise paths are the ones measured fastest per layer on both CPU
 kinds (AVX-512 BF16 without AMX, and AMX); only the 1x1 convolution's path depends on AMX, as the
-matmul wins only with AMX tiles (`tools/benchmark_layers.py` times every path on the machine at hand). None of them changes the mathematics, only the kernels and
-rounding: the tests hold every path to the stock layer. On CUDA, without gradients (export,
-evaluation), in fp32 and under torch.compile / TorchScript the layers call the stock kernels.
+matmul wins only with AMX tiles (`tools/benchmark_layers.py` times every path on the machine at
+hand). None of them changes the mathematics, only the kernels and rounding: the tests hold every
+path to the stock layer. On CUDA, without gradients (export, evaluation), in fp32 and under
+torch.compile / TorchScript the layers call the stock kernels.
 """
 
 import contextlib
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from runtime.cpu import cpu_features, has_amx_bf16
+from runtime.cpu import has_amx_bf16
 
 # Layer kind -> the paths it can take; the first is the stock kernel of that layer.
 PATH_CHOICES = {
@@ -60,10 +61,11 @@ def cpu_paths() -> dict[str, str]:
     return {**dict(_probed_paths()), **_forced}
 
 
-def cpu_step_report() -> str:
-    """Two lines for a CPU benchmark's head: the CPU's features, then the paths the step takes."""
-    features = "  ".join(f"{key}={value}" for key, value in cpu_features().items())
-    return features + "\ncpu_paths: " + ", ".join(f"{kind}={path}" for kind, path in cpu_paths().items())
+def cpu_step_report(features: dict, paths: dict[str, str]) -> str:
+    """Two lines for a CPU benchmark's head: the CPU's features (runtime.cpu.cpu_features), then the
+    paths the step takes (cpu_paths); the caller passes the ones its JSON report holds."""
+    return ("  ".join(f"{key}={value}" for key, value in features.items())
+            + "\ncpu_paths: " + ", ".join(f"{kind}={path}" for kind, path in paths.items()))
 
 
 @contextlib.contextmanager

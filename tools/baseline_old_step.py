@@ -170,7 +170,7 @@ def main(argv=None):
     variants = [v for v in VARIANTS if args.compile or v != "ours_bf16_compile"]
     cpu, paths = cpu_features(), cpu_paths()
     if not args.json:
-        print(cpu_step_report(), flush=True)
+        print(cpu_step_report(cpu, paths), flush=True)
     table = []
     for name, batch in rows:
         row = {"backbone": name, "batch_size": batch}

@@ -95,7 +95,7 @@ def main(argv=None):
     if args.json:
         print(json.dumps(report))
         return
-    print(cpu_step_report())
+    print(cpu_step_report(report["cpu"], report["cpu_paths"]))
     for row in rows:
         times = "  ".join(f"{path} {ms:8.2f}" for path, ms in row["ms"].items())
         print(f"{row['layer']:36s} {str(row['shape']):20s} {times}   ms; chosen {row['chosen']}, fastest {row['fastest']}")
