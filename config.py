@@ -27,7 +27,7 @@ import torch
 from backbone import BACKBONES, backbone_options
 from evaluation.verification import PROTOCOLS
 from margin import AUX_LOSSES, MARGINS, build_margin
-from runtime import DEVICES, PRECISIONS, UsageError, check_precision, resolve_device
+from runtime import DEVICES, PRECISION_CHOICES, UsageError, check_precision, resolve_device
 from training.components import OPTIMIZERS, build_backbone_for, head_hyperparameters
 from training.schedule import SCHEDULES
 
@@ -97,7 +97,8 @@ class Config:
     warmup_epochs: float = 0.0  # linear warm-up from 0; insightface warms up 0-2 epochs for large sets
     poly_power: float = 2.0
     clip_grad_norm: float = 0.0  # 0 = off; insightface clips at 5 with AdamW/large batches
-    precision: str = "bf16"  # bf16 | fp16 (GradScaler) | fp32; autocast on CUDA and on the CPU
+    precision: str = "auto"  # auto | bf16 | fp16 (GradScaler) | fp32; autocast on CUDA and the CPU. auto: bf16
+    #                          where the device has fast bf16 kernels, else fp16 on a GPU, fp32 on a CPU
     channels_last: bool = True  # NHWC convolutions: faster on tensor cores and on the CPU
     compile: bool = False  # torch.compile the backbone (minutes of compile time, then faster steps)
     max_nonfinite_steps: int = 10  # stop after this many consecutive non-finite losses
@@ -284,7 +285,7 @@ def validate(cfg: Config, origins: dict[str, str] | None = None, world_size: int
             fail(key, RANGES[key][1])
 
     choices = {"backbone": BACKBONES, "head": MARGINS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
-               "precision": PRECISIONS, "device": DEVICES, "val_protocol": PROTOCOLS}
+               "precision": PRECISION_CHOICES, "device": DEVICES, "val_protocol": PROTOCOLS}
     for key, table in choices.items():
         if getattr(cfg, key) not in table:
             close = difflib.get_close_matches(str(getattr(cfg, key)), list(table), n=1, cutoff=0.5)

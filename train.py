@@ -23,7 +23,7 @@ from tqdm import tqdm
 from config import config_to_dict, load_config
 from evaluation.features import extract_embeddings
 from evaluation.verification import evaluate_verification
-from runtime import UserError, keep_freed_cpu_memory
+from runtime import UserError, keep_freed_cpu_memory, resolve_precision
 from training.checkpoint import find_checkpoint, read_checkpoint, write_checkpoint
 from training.components import build_train_state, read_initial_backbone
 from training.data import BadRecords, open_training_data, open_val_sets, resolve_val_sets, training_loader
@@ -74,6 +74,8 @@ def main(argv=None) -> dict:
     cfg = load_config(argv)
     context = init_distributed(cfg.device)
     device = context.device
+    # `auto` becomes the precision this device runs fast, so that config.json and the log say what ran.
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
     keep_freed_cpu_memory(device)  # on the CPU: reuse activation buffers instead of re-faulting their pages
     torch.manual_seed(cfg.seed * 1000 + context.rank)
     train_set, num_classes = open_training_data(cfg, context.world)
@@ -95,7 +97,8 @@ def train(cfg, context, run_dir: str, train_set, val_sets: dict, initial_backbon
         refused, changes = config_changes(resumed["config"], config)
         refuse_changes(refused, resumed_from, run_dir)
     log = RunLog(run_dir, context.is_main, cfg.name, cfg.visdom, cfg.visdom_server, cfg.visdom_port)
-    log.info(f"git {git_commit(REPO_DIR)} | {context.world} process(es) on {device} | run folder {run_dir}")
+    log.info(f"git {git_commit(REPO_DIR)} | {context.world} process(es) on {device} in {cfg.precision} | "
+             f"run folder {run_dir}")
     log.info("config: " + json.dumps(config, sort_keys=True))
     if fallback_note:
         log.info(fallback_note)

@@ -61,11 +61,13 @@ def cpu_paths() -> dict[str, str]:
     return {**dict(_probed_paths()), **_forced}
 
 
-def cpu_step_report(features: dict, paths: dict[str, str]) -> str:
+def cpu_step_report(features: dict, paths: dict[str, str], precision: str) -> str:
     """Two lines for a CPU benchmark's head: the CPU's features (runtime.cpu.cpu_features), then the
-    paths the step takes (cpu_paths); the caller passes the ones its JSON report holds."""
+    default precision and the paths a bf16 step takes (cpu_paths); the caller passes the ones its
+    JSON report holds."""
     return ("  ".join(f"{key}={value}" for key, value in features.items())
-            + "\ncpu_paths: " + ", ".join(f"{kind}={path}" for kind, path in paths.items()))
+            + f"\ndefault precision: {precision}; bf16 cpu_paths: "
+            + ", ".join(f"{kind}={path}" for kind, path in paths.items()))
 
 
 @contextlib.contextmanager

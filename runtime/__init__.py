@@ -10,10 +10,10 @@ from .device import DEVICES, keep_freed_cpu_memory, resolve_device
 from .errors import DataFormatError, UsageError, UserError, listed
 from .files import atomic_save, load_torch_file, save_npz
 from .numeric import l2_normalize
-from .precision import PRECISIONS, autocast_context, check_precision
+from .precision import PRECISION_CHOICES, PRECISIONS, autocast_context, check_precision, resolve_precision
 
 __all__ = [
-    "DEVICES", "PRECISIONS", "DataFormatError", "UsageError", "UserError", "atomic_save", "autocast_context",
-    "check_precision", "keep_freed_cpu_memory", "l2_normalize", "listed", "load_torch_file", "positive_int",
-    "resolve_device", "run_cli", "save_npz",
+    "DEVICES", "PRECISION_CHOICES", "PRECISIONS", "DataFormatError", "UsageError", "UserError", "atomic_save",
+    "autocast_context", "check_precision", "keep_freed_cpu_memory", "l2_normalize", "listed", "load_torch_file",
+    "positive_int", "resolve_device", "resolve_precision", "run_cli", "save_npz",
 ]

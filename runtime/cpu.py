@@ -72,6 +72,24 @@ def has_avx512_bf16() -> bool:
     return "avx512_bf16" in flags if flags else bool(_torch_says("_is_avx512_bf16_supported"))
 
 
+def has_onednn_bf16() -> bool:
+    """True when torch runs bf16 convolutions and matmuls through oneDNN's vectorised kernels here
+    (AVX-512 or AMX on x86, BF16 on ARM). Without them, on an AVX2-only CPU, bf16 autocast falls back
+    to reference loops that are many times slower than fp32; torch's own probe decides."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # private; absent in some versions
+    try:
+        return bool(probe()) if probe is not None else _avx512_core()
+    except RuntimeError:
+        return _avx512_core()
+
+
+def _avx512_core() -> bool:
+    _, flags = _cpuinfo()
+    return {"avx512bw", "avx512vl", "avx512dq"} <= flags
+
+
 def onednn_version() -> str:
     """oneDNN's version as torch was built with it (torch prints it as MKL-DNN or oneDNN)."""
     match = re.search(r"(?:MKL-DNN|oneDNN)\s+v?([\d.]+)", torch.__config__.show())
@@ -82,6 +100,7 @@ def cpu_features() -> dict:
     """The CPU facts a benchmark reports beside its figures (flat, so that a CSV row can hold it)."""
     model, flags = _cpuinfo()
     return {"cpu_model": model, "cpu_amx_bf16": has_amx_bf16(), "cpu_avx512_bf16": has_avx512_bf16(),
+            "cpu_onednn_bf16": has_onednn_bf16(),
             "cpu_avx512f": "avx512f" in flags if flags else bool(_torch_says("_is_avx512_supported")),
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "onednn": onednn_version(),
             "onednn_max_cpu_isa": onednn_isa_cap() or "", "threads": torch.get_num_threads()}

@@ -5,7 +5,10 @@ import os
 import subprocess
 import sys
 
+import torch
+
 from backbone.layers import PATH_CHOICES, cpu_paths
+from runtime import resolve_precision
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,6 +27,7 @@ def test_training_benchmark_reports_throughput_and_flops(tmp_path):
                       "--default-allocator")
     assert result["images_per_second"] > 0 and result["gmacs_per_image"] == 0.221
     assert result["recycling_allocator"] is False
+    assert result["dtype"] == resolve_precision("auto", torch.device("cpu"))  # train.py's default
     assert result["tflops"] > 0 and result["loader"] == "device-resident"
     assert csv_path.read_text().splitlines()[0].startswith("backbone,head,batch_size")
     assert_reports_the_cpu(result)
@@ -33,7 +37,8 @@ def test_training_benchmark_reports_throughput_and_flops(tmp_path):
 def assert_reports_the_cpu(report):
     from runtime.cpu import cpu_features
     here = cpu_features()
-    for key in ("cpu_model", "cpu_amx_bf16", "cpu_avx512_bf16", "cpu_avx512f", "torch_cpu_capability", "onednn"):
+    for key in ("cpu_model", "cpu_amx_bf16", "cpu_avx512_bf16", "cpu_onednn_bf16", "cpu_avx512f",
+                "torch_cpu_capability", "onednn"):
         assert report[key] == here[key], key
     assert report["threads"] == 1  # OMP_NUM_THREADS=1 in run_json
 
@@ -42,7 +47,7 @@ def test_training_benchmark_takes_the_forced_cpu_paths():
     forced = {"pointwise_conv": "matmul", "strided_depthwise_conv": "bf16_stride1_backward",
               "global_depthwise_conv": "fp32"}
     result = run_json("tools/benchmark.py", "--backbone", "mobilefacenet", "--batch-size", "2", "--num-classes", "10",
-                      "--device", "cpu", "--steps", "1", "--warmup", "0", "--json", "--cpu-paths",
+                      "--device", "cpu", "--dtype", "bf16", "--steps", "1", "--warmup", "0", "--json", "--cpu-paths",
                       ",".join(f"{kind}={path}" for kind, path in forced.items()))
     assert result["cpu_paths"] == ";".join(f"{kind}={path}" for kind, path in forced.items())
     assert result["images_per_second"] > 0
@@ -76,10 +81,21 @@ def test_old_step_baseline_compares_both_steps():
     result = run_json("tools/baseline_old_step.py", "--rows", "mobilefacenet:4,vit_t:2", "--num-classes", "50",
                       "--steps", "1", "--warmup", "1", "--json")
     assert [row["backbone"] for row in result["rows"]] == ["mobilefacenet", "vit_t"]
+    default = result["default_precision"]
+    assert default == resolve_precision("auto", torch.device("cpu"))
     for row in result["rows"]:
-        assert row["old_fp32"] > 0 and row["ours_bf16_speedup"] > 0 and row["ours_fp32_speedup"] > 0
+        assert row["old_fp32"] > 0 and row[f"ours_{default}_speedup"] > 0 and row["ours_fp32_speedup"] > 0
+        assert ("ours_bf16" in row) is (default == "bf16")  # where bf16 is slow, only --slow-bf16 times it
     assert_reports_the_cpu(result["cpu"])
     assert result["cpu_paths"] == cpu_paths()
+
+
+def test_old_step_columns_follow_the_default_precision():
+    from tools.baseline_old_step import chosen_variants
+    common = ["old_fp32", "old_fp32_recycling_allocator", "ours_fp32"]
+    assert chosen_variants("bf16", compile=True, slow_bf16=False) == common + ["ours_bf16", "ours_bf16_compile"]
+    assert chosen_variants("fp32", compile=True, slow_bf16=False) == common + ["ours_fp32_compile"]
+    assert chosen_variants("fp32", compile=False, slow_bf16=True) == common + ["ours_bf16"]
 
 
 def test_old_step_gets_torch_s_stock_layers_everywhere():
@@ -118,6 +134,9 @@ def test_benchmark_tools_refuse_bad_arguments_by_name():
                           (["tools/benchmark.py", "--device", "cpu", "--steps", "0"], "--steps: must be a positive integer, got 0"),
                           (["tools/benchmark.py", "--device", "cpu", "--cpu-paths", "global_depthwise_conv=fp16"],
                            "--cpu-paths item 'global_depthwise_conv=fp16': valid: pointwise_conv=conv|matmul;"),
+                          (["tools/benchmark.py", "--device", "cpu", "--dtype", "fp32", "--cpu-paths",
+                            "global_depthwise_conv=fp32"], "--cpu-paths: the paths apply to a CPU step in bf16, and "
+                                                           "this one runs in fp32 on cpu (--dtype fp32)"),
                           (["tools/baseline_old_step.py", "--rows", "mobilefacenet"], "--rows item 'mobilefacenet'"),
                           (["tools/baseline_old_step.py", "--rows", "nonet:4"], "--rows item 'nonet:4'")):
         result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -328,6 +328,14 @@ def test_evaluation_and_backbone_file_for_the_eval_scripts(data_dir, tmp_path, o
     assert json.load(open(tmp_path / "evaluated" / "config.json"))["max_steps"] == 2
 
 
+def test_auto_precision_is_recorded_as_the_precision_that_ran(small_pack, tmp_path, one_thread):
+    from runtime import resolve_precision
+    train_here(train_args(small_pack, tmp_path, "auto", "--batch_size=8", "--max_steps=1", "--precision=auto"))
+    ran = resolve_precision("auto", torch.device("cpu"))  # bf16 with oneDNN's bf16 kernels, else fp32
+    assert json.load(open(tmp_path / "auto" / "config.json"))["precision"] == ran
+    assert f"process(es) on cpu in {ran} |" in (tmp_path / "auto" / "log.txt").read_text()
+
+
 # ---------------------------------------------------------------- config
 
 def test_config_files_hold_overrides_and_flags_are_type_checked(tmp_path):

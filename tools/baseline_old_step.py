@@ -8,15 +8,17 @@ ArcMarginProduct: cos = normalize(x) . normalize(W)^T, sin = sqrt(1 - cos^2),
 phi = cos cos(m) - sin sin(m), phi = where(cos > cos(pi - m), phi, cos - sin(pi - m) m), a dense
 [B, C] one-hot, logits = s (one_hot phi + (1 - one_hot) cos); cross-entropy; SGD (momentum 0.9,
 weight decay 5e-4) on the backbone and the head, with glibc's default allocator. Ours: train.py's
-step (training/step.py) with the default settings (bf16 autocast, channels_last, the gather/scatter
-margin head, the recycling CPU allocator), and in fp32 for a like-for-like row. One column gives the
+step (training/step.py) with the default settings (precision auto: bf16 autocast where the CPU has
+oneDNN's bf16 kernels, else fp32; channels_last, the gather/scatter margin head, the recycling CPU
+allocator), and in fp32 for a like-for-like row. On a CPU without fast bf16 the bf16 column is left
+out unless --slow-bf16 asks for it (it runs many times slower than fp32 there). One column gives the
 old step with our allocator setting alone, to show how much of the gain that is. The same network
 definitions are used for both, except that the old step gets torch's stock nn.PReLU and nn.Conv2d
 where ours has backbone/layers.py's faster-on-the-CPU equivalents (the same parameters and outputs),
 so the ratio measures the step, not a different architecture. Each figure comes from its own process.
 The report starts with the CPU's model and features (runtime.cpu.cpu_features: AMX, AVX-512 BF16,
-torch's capability, oneDNN's version, threads) and the per-layer paths our step takes on it
-(backbone.layers.cpu_paths), since the ratio depends on both.
+torch's capability, oneDNN's version, threads), the default precision, and the per-layer paths our
+bf16 step takes on it (backbone.layers.cpu_paths), since the ratio depends on all of them.
 """
 
 import argparse
@@ -34,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from backbone import BACKBONES, build_backbone  # noqa: E402
 from backbone.layers import DepthwiseConv2d, PointwiseConv2d, PReLU, cpu_paths, cpu_step_report  # noqa: E402
 from config import Config  # noqa: E402
-from runtime import keep_freed_cpu_memory, positive_int  # noqa: E402
+from runtime import keep_freed_cpu_memory, positive_int, resolve_precision  # noqa: E402
 from runtime.cpu import cpu_features  # noqa: E402
 from training.components import build_train_state  # noqa: E402
 from training.distributed import DistributedContext  # noqa: E402
@@ -118,7 +120,18 @@ def timed(step, steps, warmup) -> float:
 # recycles freed memory (train.py does on the CPU; the old repository did not), and torch.compile.
 VARIANTS = {"old_fp32": ("old", False, False), "old_fp32_recycling_allocator": ("old", True, False),
             "ours_fp32": ("fp32", True, False), "ours_bf16": ("bf16", True, False),
-            "ours_bf16_compile": ("bf16", True, True)}
+            "ours_fp32_compile": ("fp32", True, True), "ours_bf16_compile": ("bf16", True, True)}
+
+
+def chosen_variants(default_precision: str, compile: bool, slow_bf16: bool) -> list[str]:
+    """The columns of a run: the old step with and without our allocator, ours in fp32, ours in bf16
+    where bf16 is the default (fast bf16 kernels) or asked for, and ours compiled at the default."""
+    variants = ["old_fp32", "old_fp32_recycling_allocator", "ours_fp32"]
+    if default_precision == "bf16" or slow_bf16:
+        variants.append("ours_bf16")
+    if compile:
+        variants.append(f"ours_{default_precision}_compile")
+    return variants
 
 
 def measure(variant, backbone, batch, args) -> float:
@@ -160,6 +173,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=positive_int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also time ours with torch.compile")
+    parser.add_argument("--slow-bf16", action="store_true",
+                        help="also time ours in bf16 on a CPU without fast bf16 kernels, where the default is fp32")
     parser.add_argument("--measure", choices=sorted(VARIANTS), help=argparse.SUPPRESS)  # one variant, in this process
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -167,10 +182,10 @@ def main(argv=None):
     if args.measure:
         print(measure(args.measure, *rows[0], args))
         return
-    variants = [v for v in VARIANTS if args.compile or v != "ours_bf16_compile"]
-    cpu, paths = cpu_features(), cpu_paths()
+    cpu, paths, precision = cpu_features(), cpu_paths(), resolve_precision("auto", torch.device("cpu"))
+    variants = chosen_variants(precision, args.compile, args.slow_bf16)
     if not args.json:
-        print(cpu_step_report(cpu, paths), flush=True)
+        print(cpu_step_report(cpu, paths, precision), flush=True)
     table = []
     for name, batch in rows:
         row = {"backbone": name, "batch_size": batch}
@@ -183,7 +198,7 @@ def main(argv=None):
             print("  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     if args.json:
         print(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": cpu,
-                          "cpu_paths": paths, "rows": table}))
+                          "cpu_paths": paths, "default_precision": precision, "rows": table}))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python tools/benchmark.py --backbone ir50 --head arcface --batch-size 512 --num-classes 10575 \\
         --device cuda --dtype bf16 --json
-    python tools/benchmark.py --backbone mobilefacenet --batch-size 64 --device cpu --dtype bf16
+    python tools/benchmark.py --backbone mobilefacenet --batch-size 64 --device cpu
     python tools/benchmark.py --backbone ir50 --device cuda --loader rec:data/faces_webface_112x112
     python tools/benchmark.py --backbone ir100 --num-classes 1000000 --sharded-head --sample-rate 0.3
     python tools/benchmark.py --backbone vit_b --batch-size 8 --device cpu --grad-checkpoint
@@ -38,7 +38,7 @@ from backbone import BACKBONES, backbone_options  # noqa: E402
 from backbone.complexity import count_macs  # noqa: E402
 from backbone.layers import PATH_CHOICES, cpu_paths, forced_cpu_paths  # noqa: E402
 from config import Config  # noqa: E402
-from runtime import keep_freed_cpu_memory, positive_int  # noqa: E402
+from runtime import PRECISION_CHOICES, keep_freed_cpu_memory, positive_int, resolve_precision  # noqa: E402
 from runtime.cpu import cpu_features  # noqa: E402
 from training.components import build_model, build_train_state  # noqa: E402
 from training.distributed import DistributedContext  # noqa: E402
@@ -162,7 +162,9 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-classes", type=int, default=10575)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cuda", "cpu"))
-    parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    parser.add_argument("--dtype", default="auto", choices=PRECISION_CHOICES,
+                        help="autocast precision; auto as train.py's default (bf16 where the device has fast bf16 "
+                             "kernels, else fp16 on a GPU, fp32 on a CPU)")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--grad-checkpoint", action="store_true",
                         help="gradient checkpointing of the backbone (IR nets and ViTs)")
@@ -194,15 +196,19 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     recycling_allocator = not args.default_allocator and keep_freed_cpu_memory(device)
+    precision = resolve_precision(args.dtype, device)
+    if forced_paths and (device.type != "cpu" or precision != "bf16"):
+        parser.error(f"--cpu-paths: the paths apply to a CPU step in bf16, and this one runs in {precision} on "
+                     f"{device.type} (--dtype {args.dtype}); give --device cpu --dtype bf16")
     embedding_size = args.embedding_size or (128 if args.backbone == "mobilefacenet" else 512)
     cfg = Config(backbone=args.backbone, embedding_size=embedding_size, head=args.head, s=64.0, m=0.5,
-                 batch_size=args.batch_size, precision=args.dtype, compile=args.compile,
+                 batch_size=args.batch_size, precision=precision, compile=args.compile,
                  grad_checkpoint=args.grad_checkpoint,
                  channels_last=not args.no_channels_last, sharded_head=args.sharded_head,
                  sample_rate=args.sample_rate, workers=args.workers)
     result = {"backbone": args.backbone, "head": args.head, "batch_size": args.batch_size,
               "num_classes": args.num_classes, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-              else f"cpu x{torch.get_num_threads()}", "dtype": args.dtype, "compile": args.compile,
+              else f"cpu x{torch.get_num_threads()}", "dtype": precision, "compile": args.compile,
               "grad_checkpoint": args.grad_checkpoint,
               "channels_last": cfg.channels_last, "sharded_head": args.sharded_head, "sample_rate": args.sample_rate,
               "loader": args.loader or "device-resident", "recycling_allocator": recycling_allocator,

@@ -8,7 +8,8 @@ path backbone.layers.PATH_CHOICES lists for it and says which one `cpu_paths()` 
 machine (`chosen`) and which one measured fastest here (`fastest`):
 - PReLU: the backward pass alone (input and weight gradients), nn.PReLU against backbone.layers.PReLU;
 - pointwise (1x1) conv, strided depthwise conv, global depthwise conv: forward + backward.
-The CPU's model and features come first, as tools/benchmark.py reports them.
+The CPU's model and features come first, as tools/benchmark.py reports them, with the default
+precision: where it is fp32 (no fast bf16 kernels on this CPU) no training step takes these paths.
 """
 
 import argparse
@@ -23,7 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from backbone.layers import (PATH_CHOICES, DepthwiseConv2d, PointwiseConv2d, PReLU, cpu_paths,  # noqa: E402
                              cpu_step_report, forced_cpu_paths)
-from runtime import keep_freed_cpu_memory, positive_int  # noqa: E402
+from runtime import keep_freed_cpu_memory, positive_int, resolve_precision  # noqa: E402
 from runtime.cpu import cpu_features  # noqa: E402
 
 PRELU_SHAPES = [(64, 64, 56, 56), (64, 128, 28, 28), (64, 256, 14, 14)]
@@ -91,11 +92,12 @@ def main(argv=None):
     layer = DepthwiseConv2d(channels, channels, GLOBAL_DEPTHWISE_SHAPE[2], groups=channels, bias=False)
     rows.append(path_row("global depthwise forward+backward", "global_depthwise_conv", layer, GLOBAL_DEPTHWISE_SHAPE,
                          args.repeats))
-    report = {"cpu": cpu_features(), "cpu_paths": cpu_paths(), "torch": torch.__version__, "rows": rows}
+    report = {"cpu": cpu_features(), "cpu_paths": cpu_paths(), "torch": torch.__version__,
+              "default_precision": resolve_precision("auto", torch.device("cpu")), "rows": rows}
     if args.json:
         print(json.dumps(report))
         return
-    print(cpu_step_report(report["cpu"], report["cpu_paths"]))
+    print(cpu_step_report(report["cpu"], report["cpu_paths"], report["default_precision"]))
     for row in rows:
         times = "  ".join(f"{path} {ms:8.2f}" for path, ms in row["ms"].items())
         print(f"{row['layer']:36s} {str(row['shape']):20s} {times}   ms; chosen {row['chosen']}, fastest {row['fastest']}")

@@ -8,7 +8,7 @@ import torch
 
 from backbone import build_backbone
 from evaluation.model_loading import CheckpointError, check_fit, read_checkpoint
-from runtime import UsageError
+from runtime import UsageError, resolve_precision
 from margin import MARGINS, build_aux_loss, build_margin
 
 from .distributed import DistributedContext, ShardedClassifier
@@ -90,8 +90,8 @@ def build_optimizers(cfg, backbone, classifier, aux_loss) -> tuple[dict, torch.a
     optimizers = {"backbone": build_optimizer(backbone, cfg), "head": build_optimizer(classifier, cfg)}
     if aux_loss is not None:
         optimizers["aux"] = torch.optim.SGD(aux_loss.parameters(), lr=cfg.aux_lr)
-    device_type = next(backbone.parameters()).device.type
-    return optimizers, torch.amp.GradScaler(device_type, enabled=cfg.precision == "fp16")
+    device = next(backbone.parameters()).device
+    return optimizers, torch.amp.GradScaler(device.type, enabled=resolve_precision(cfg.precision, device) == "fp16")
 
 
 def build_train_state(cfg, context: DistributedContext, num_classes: int) -> TrainState:

@@ -15,7 +15,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from dataset import normalize_images
-from runtime import autocast_context
+from runtime import autocast_context, resolve_precision
 
 from .distributed import all_reduce_mean
 
@@ -31,6 +31,7 @@ class StepResult:
 class TrainStep:
     def __init__(self, cfg, context, state):
         self.cfg, self.context = cfg, context
+        self.precision = resolve_precision(cfg.precision, context.device)
         backbone, classifier, aux_loss = state.backbone, state.classifier, state.aux_loss
         self.backbone, self.classifier, self.optimizers, self.scaler = backbone, classifier, state.optimizers, state.scaler
         wrap = (lambda m: DistributedDataParallel(m, device_ids=[context.device.index]
@@ -85,7 +86,7 @@ class TrainStep:
                 if micro < cfg.grad_accum - 1:
                     for module in self.ddp_modules:
                         stack.enter_context(module.no_sync())
-                with autocast_context(device, cfg.precision):
+                with autocast_context(device, self.precision):
                     embeddings = self._embed(images, frozen_backbone)
                     loss, accuracy = self.train_classifier(embeddings, labels)
                     total = loss + self.classifier.head.regularizer(embeddings)
@@ -104,7 +105,7 @@ class TrainStep:
         grad_norm = self._grad_norm()
         loss_value, norm_value = step_loss.item(), grad_norm.item()
         # fp16 overflows are the GradScaler's business (it skips the step and lowers its scale).
-        finite = math.isfinite(loss_value) and (cfg.precision == "fp16" or math.isfinite(norm_value))
+        finite = math.isfinite(loss_value) and (self.precision == "fp16" or math.isfinite(norm_value))
         if finite:
             if cfg.clip_grad_norm > 0:
                 torch.nn.utils.clip_grads_with_norm_(self.clipped, cfg.clip_grad_norm, grad_norm)
