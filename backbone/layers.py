@@ -3,7 +3,10 @@ CPU training step around kernels of torch 2.x / oneDNN that are slow for MobileF
 
 - PReLU: torch's `_prelu_kernel_backward` reduces the weight gradient slowly over a channels_last
   tensor; here the same gradients are three vectorised elementwise kernels and one per-channel
-  reduction (below), on every CPU.
+  reduction (the `ops` path), or, where torch.compile's CPU backend can build (a C++ compiler is
+  found), the same expression compiled into one fused pass and one reduction (the `fused` path: the
+  step is memory-bound, and the ops path reads and writes full-size tensors four times). Both apply
+  to any CPU training step, in fp32 too.
 - Depthwise convolutions under CPU bf16 autocast. oneDNN's bf16 backward-data of a *strided*
   depthwise conv is a slow reference path, and its bf16 weight gradient of the *global* depthwise
   conv (kernel as large as the input) is slow too. Two ways round the strided one: run the layer in
@@ -15,50 +18,57 @@ CPU training step around kernels of torch 2.x / oneDNN that are slow for MobileF
   (forward, backward-data, backward-weights), so the layer can run as `F.linear` over the NHWC view.
 
 Which of these paths each layer takes is `cpu_paths()`: a rule on the CPU's capability
-(runtime.cpu.has_amx_bf16). The depthwise paths are the ones measured fastest per layer on both CPU
-kinds (AVX-512 BF16 without AMX, and AMX); only the 1x1 convolution's path depends on AMX, as the
-matmul wins only with AMX tiles (`tools/benchmark_layers.py` times every path on the machine at
-hand). None of them changes the mathematics, only the kernels and rounding: the tests hold every
-path to the stock layer. On CUDA, without gradients (export, evaluation), in fp32 and under
-torch.compile / TorchScript the layers call the stock kernels.
+(runtime.cpu.has_amx_bf16) and on the toolchain (runtime.cpu.inductor_cpp_compiler). The depthwise
+paths are the ones measured fastest per layer on both CPU kinds (AVX-512 BF16 without AMX, and
+AMX); only the 1x1 convolution's path depends on AMX, as the matmul wins only with AMX tiles
+(`tools/benchmark_layers.py` times every path on the machine at hand). None of them changes the
+mathematics, only the kernels and rounding: the tests hold every path to the stock layer. On CUDA,
+without gradients (export, evaluation) and under torch.compile / TorchScript the layers call the
+stock kernels; in an fp32 CPU step only PReLU's backward is ours.
 """
 
 import contextlib
 import functools
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from runtime.cpu import has_amx_bf16
+from runtime.cpu import has_amx_bf16, inductor_cpp_compiler
 
-# Layer kind -> the paths it can take; the first is the stock kernel of that layer.
+# Layer kind -> the paths it can take; the first is the stock kernel of that layer (for PReLU's
+# backward, the four elementwise/reduction kernels below; torch's own is slower than both).
 PATH_CHOICES = {
+    "prelu_backward": ("ops", "fused"),
     "pointwise_conv": ("conv", "matmul"),
     "strided_depthwise_conv": ("bf16", "fp32", "bf16_stride1_backward"),
     "global_depthwise_conv": ("bf16", "fp32"),
 }
 
 
-def choose_cpu_paths(amx_bf16: bool) -> dict[str, str]:
-    """The rule: depthwise paths that were fastest per layer with and without AMX alike; the 1x1
-    convolution as a matmul only where oneDNN runs AMX tiles (without them its conv kernel wins)."""
-    return {"pointwise_conv": "matmul" if amx_bf16 else "conv",
-            "strided_depthwise_conv": "bf16_stride1_backward", "global_depthwise_conv": "fp32"}
+def choose_cpu_paths(amx_bf16: bool, cpp_compiler: bool) -> dict[str, str]:
+    """The rule: PReLU's backward fused wherever torch.compile can build it; depthwise paths that were
+    fastest per layer with and without AMX alike; the 1x1 convolution as a matmul only where oneDNN
+    runs AMX tiles (without them its conv kernel wins)."""
+    return {"prelu_backward": "fused" if cpp_compiler else "ops",
+            "pointwise_conv": "matmul" if amx_bf16 else "conv", "strided_depthwise_conv": "bf16_stride1_backward", "global_depthwise_conv": "fp32"}
 
 
 _forced: dict[str, str] = {}
+_failed: dict[str, str] = {}  # kind -> the path taken instead, after the chosen one failed to build
 
 
 @functools.lru_cache(maxsize=None)
 def _probed_paths() -> tuple[tuple[str, str], ...]:
-    return tuple(choose_cpu_paths(has_amx_bf16()).items())
+    return tuple(choose_cpu_paths(has_amx_bf16(), bool(inductor_cpp_compiler())).items())
 
 
 def cpu_paths() -> dict[str, str]:
-    """Per layer kind, the path taken in a CPU bf16-autocast training step in this process."""
-    return {**dict(_probed_paths()), **_forced}
+    """Per layer kind, the path taken in a CPU bf16-autocast training step in this process (PReLU's
+    backward: in any CPU training step)."""
+    return {**dict(_probed_paths()), **_failed, **_forced}
 
 
 def cpu_step_report(features: dict, paths: dict[str, str], precision: str) -> str:
@@ -96,6 +106,59 @@ def _cpu_bf16_autocast(x: torch.Tensor) -> bool:
             and torch.get_autocast_dtype("cpu") == torch.bfloat16)
 
 
+def _channel_view(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """PReLU's weight in x's dtype, shaped to broadcast over the channel dim 1 (or a scalar)."""
+    weight = weight.detach().to(x.dtype)
+    return weight.view((1, -1) + (1,) * (x.dim() - 2)) if weight.numel() > 1 else weight
+
+
+def _prelu_backward_ops(grad, x, slope):
+    positive = torch.ops.aten.threshold_backward(grad, x, 0)  # grad where x > 0, else 0
+    negative = grad - positive
+    grad_x = torch.addcmul(positive, negative, slope)
+    # dL/dw_c = sum over every position of channel c of grad * x where x <= 0. BatchNorm's backward
+    # with mean 0 and inverse std 1 computes exactly that per-channel sum of products, in one
+    # vectorised pass with fp32 accumulation for bf16 inputs (its "grad_weight" output).
+    channels = x.shape[1]
+    stat_dtype = torch.promote_types(x.dtype, torch.float32)
+    zeros = torch.zeros(channels, dtype=stat_dtype, device=x.device)
+    ones = torch.ones(channels, dtype=stat_dtype, device=x.device)
+    grad_weight = torch.ops.aten.native_batch_norm_backward(
+        negative, x, ones, None, None, zeros, ones, True, 0.0, [False, True, False])[1]
+    return grad_x, grad_weight
+
+
+def _prelu_backward_math(grad, x, slope):
+    """The same gradients as one expression, which Inductor fuses into a pass over grad and x and a
+    per-channel reduction. `slope` comes in x's dtype already: Inductor may drop a cast inside."""
+    negative = x <= 0
+    grad_x = torch.where(negative, grad * slope, grad)
+    stat_dtype = torch.promote_types(x.dtype, torch.float32)
+    products = torch.where(negative, grad.to(stat_dtype) * x.to(stat_dtype), 0)
+    return grad_x, products.sum([0] + list(range(2, x.dim())))
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_prelu_backward():
+    # dynamic=True: one build serves every shape (two, in fact: Inductor splits small reductions).
+    return torch.compile(_prelu_backward_math, dynamic=True, fullgraph=True)
+
+
+def _prelu_backward(grad, x, slope):
+    if cpu_paths()["prelu_backward"] == "fused":
+        try:
+            # Each dtype, rank and weight shape is its own build; a process that meets many of them
+            # (the tests) would pass dynamo's default limit of 8 builds per function.
+            with torch._dynamo.config.patch(recompile_limit=64):
+                return _fused_prelu_backward()(grad, x, slope)
+        except Exception as error:  # a compiler that answers --version but cannot build: keep training
+            _failed["prelu_backward"] = "ops"
+            message = str(error).strip().splitlines()
+            warnings.warn(f"backbone.layers: torch.compile failed on the fused PReLU backward "
+                          f"({type(error).__name__}: {message[0] if message else ''}); using the ops path")
+    return _prelu_backward_ops(grad, x, slope)
+
+
 class _PReLUFunction(torch.autograd.Function):
     """y = x for x > 0, w_c x otherwise (w broadcast over the channel dim 1 of an input of at least
     2 dims), as torch.prelu."""
@@ -109,21 +172,7 @@ class _PReLUFunction(torch.autograd.Function):
     @once_differentiable  # a second derivative through this backward would be wrong, so it is refused
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        grad = grad.to(x.dtype)
-        positive = torch.ops.aten.threshold_backward(grad, x, 0)  # grad where x > 0, else 0
-        negative = grad - positive
-        slope = weight.to(x.dtype).view((1, -1) + (1,) * (x.dim() - 2)) if weight.numel() > 1 \
-            else weight.to(x.dtype)
-        grad_x = torch.addcmul(positive, negative, slope)
-        # dL/dw_c = sum over every position of channel c of grad * x where x <= 0. BatchNorm's backward
-        # with mean 0 and inverse std 1 computes exactly that per-channel sum of products, in one
-        # vectorised pass with fp32 accumulation for bf16 inputs (its "grad_weight" output).
-        channels = x.shape[1]
-        stat_dtype = torch.promote_types(x.dtype, torch.float32)
-        zeros = torch.zeros(channels, dtype=stat_dtype, device=x.device)
-        ones = torch.ones(channels, dtype=stat_dtype, device=x.device)
-        grad_weight = torch.ops.aten.native_batch_norm_backward(
-            negative, x, ones, None, None, zeros, ones, True, 0.0, [False, True, False])[1]
+        grad_x, grad_weight = _prelu_backward(grad.to(x.dtype), x, _channel_view(weight, x))
         if weight.numel() == 1:
             grad_weight = grad_weight.sum()
         return grad_x, grad_weight.to(weight.dtype).reshape(weight.shape)

@@ -96,6 +96,17 @@ def onednn_version() -> str:
     return match.group(1) if match else "none"
 
 
+@functools.lru_cache(maxsize=None)
+def inductor_cpp_compiler() -> str:
+    """The C++ compiler with which torch.compile's CPU backend (Inductor) would build kernels here
+    ($CXX, else g++; Inductor's own search, which runs `--version`), or "" where it finds none."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        return get_cpp_compiler()
+    except Exception:  # InvalidCxxCompiler, or an Inductor that cannot be imported here
+        return ""
+
+
 def cpu_features() -> dict:
     """The CPU facts a benchmark reports beside its figures (flat, so that a CSV row can hold it)."""
     model, flags = _cpuinfo()
@@ -103,4 +114,5 @@ def cpu_features() -> dict:
             "cpu_onednn_bf16": has_onednn_bf16(),
             "cpu_avx512f": "avx512f" in flags if flags else bool(_torch_says("_is_avx512_supported")),
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "onednn": onednn_version(),
-            "onednn_max_cpu_isa": onednn_isa_cap() or "", "threads": torch.get_num_threads()}
+            "onednn_max_cpu_isa": onednn_isa_cap() or "", "threads": torch.get_num_threads(),
+            "cpp_compiler": inductor_cpp_compiler()}

@@ -38,19 +38,24 @@ def assert_reports_the_cpu(report):
     from runtime.cpu import cpu_features
     here = cpu_features()
     for key in ("cpu_model", "cpu_amx_bf16", "cpu_avx512_bf16", "cpu_onednn_bf16", "cpu_avx512f",
-                "torch_cpu_capability", "onednn"):
+                "torch_cpu_capability", "onednn", "cpp_compiler"):
         assert report[key] == here[key], key
     assert report["threads"] == 1  # OMP_NUM_THREADS=1 in run_json
 
 
 def test_training_benchmark_takes_the_forced_cpu_paths():
-    forced = {"pointwise_conv": "matmul", "strided_depthwise_conv": "bf16_stride1_backward",
+    forced = {"prelu_backward": "ops", "pointwise_conv": "matmul", "strided_depthwise_conv": "bf16_stride1_backward",
               "global_depthwise_conv": "fp32"}
     result = run_json("tools/benchmark.py", "--backbone", "mobilefacenet", "--batch-size", "2", "--num-classes", "10",
                       "--device", "cpu", "--dtype", "bf16", "--steps", "1", "--warmup", "0", "--json", "--cpu-paths",
                       ",".join(f"{kind}={path}" for kind, path in forced.items()))
     assert result["cpu_paths"] == ";".join(f"{kind}={path}" for kind, path in forced.items())
     assert result["images_per_second"] > 0
+    # PReLU's backward path applies to an fp32 step as well, so it can be forced there alone.
+    result = run_json("tools/benchmark.py", "--backbone", "mobilefacenet", "--batch-size", "2", "--num-classes", "10",
+                      "--device", "cpu", "--dtype", "fp32", "--steps", "1", "--warmup", "0", "--json", "--cpu-paths",
+                      "prelu_backward=ops")
+    assert result["dtype"] == "fp32" and result["cpu_paths"].startswith("prelu_backward=ops;")
 
 
 def test_training_benchmark_refuses_a_csv_with_other_columns_by_name(tmp_path):
@@ -120,6 +125,9 @@ def test_layer_benchmark_times_every_path_and_names_the_chosen_one():
         if row["layer"] in kinds:
             assert tuple(row["ms"]) == PATH_CHOICES[kinds[row["layer"]]]
             assert row["chosen"] == cpu_paths()[kinds[row["layer"]]]
+        else:  # PReLU's backward: torch's own beside both of ours
+            assert tuple(row["ms"]) == ("stock",) + PATH_CHOICES["prelu_backward"]
+            assert row["chosen"] == cpu_paths()["prelu_backward"]
     assert_reports_the_cpu(result["cpu"])
 
 
@@ -133,10 +141,12 @@ def test_benchmark_tools_refuse_bad_arguments_by_name():
     for args, message in ((["tools/benchmark_layers.py", "--repeats", "0"], "--repeats: must be a positive integer, got 0"),
                           (["tools/benchmark.py", "--device", "cpu", "--steps", "0"], "--steps: must be a positive integer, got 0"),
                           (["tools/benchmark.py", "--device", "cpu", "--cpu-paths", "global_depthwise_conv=fp16"],
-                           "--cpu-paths item 'global_depthwise_conv=fp16': valid: pointwise_conv=conv|matmul;"),
+                           "--cpu-paths item 'global_depthwise_conv=fp16': valid: prelu_backward=ops|fused; "
+                           "pointwise_conv=conv|matmul;"),
                           (["tools/benchmark.py", "--device", "cpu", "--dtype", "fp32", "--cpu-paths",
-                            "global_depthwise_conv=fp32"], "--cpu-paths: the paths apply to a CPU step in bf16, and "
-                                                           "this one runs in fp32 on cpu (--dtype fp32)"),
+                            "prelu_backward=ops,global_depthwise_conv=fp32"],
+                           "--cpu-paths: global_depthwise_conv apply to a CPU step in bf16, and this one runs in "
+                           "fp32 on cpu (--dtype fp32); give --device cpu --dtype bf16"),
                           (["tools/baseline_old_step.py", "--rows", "mobilefacenet"], "--rows item 'mobilefacenet'"),
                           (["tools/baseline_old_step.py", "--rows", "nonet:4"], "--rows item 'nonet:4'")):
         result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -6,6 +6,7 @@ where the kernels allow it, else within bf16's rounding and no worse than torch'
 and that they are the paths taken."""
 
 import itertools
+import os
 import platform
 import sys
 
@@ -18,61 +19,71 @@ from backbone import build_backbone
 from backbone.layers import (PATH_CHOICES, DepthwiseConv2d, PointwiseConv2d, PReLU, _PReLUFunction, choose_cpu_paths,
                              cpu_paths, forced_cpu_paths)
 from runtime import PRECISIONS, UsageError, autocast_context, check_precision, keep_freed_cpu_memory, resolve_precision
-from runtime.cpu import CPUINFO, cpu_features, has_amx_bf16, has_onednn_bf16, parse_cpuinfo
+from runtime.cpu import CPUINFO, cpu_features, has_amx_bf16, has_onednn_bf16, inductor_cpp_compiler, parse_cpuinfo
 from runtime.precision import choose_precision
 
 SHAPES = [(4, 6, 5, 5), (5, 6), (3, 6, 7)]  # images, vectors (after a Linear), sequences
 
 
+PRELU_PATHS = PATH_CHOICES["prelu_backward"]
+
+
+@pytest.mark.parametrize("path", PRELU_PATHS)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("channels", [6, 1])
-def test_prelu_gradients_pass_gradcheck(shape, channels):
+def test_prelu_gradients_pass_gradcheck(shape, channels, path):
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(shape, dtype=torch.float64, generator=generator)
     weight = torch.rand(channels, dtype=torch.float64, generator=generator) - 0.5
-    assert torch.autograd.gradcheck(_PReLUFunction.apply, (x.requires_grad_(), weight.requires_grad_()))
+    with forced_cpu_paths(prelu_backward=path):
+        assert torch.autograd.gradcheck(_PReLUFunction.apply, (x.requires_grad_(), weight.requires_grad_()))
 
 
-def test_prelu_at_the_kink_takes_the_negative_slope_as_torch_does():
+@pytest.mark.parametrize("path", PRELU_PATHS)
+def test_prelu_at_the_kink_takes_the_negative_slope_as_torch_does(path):
     x = torch.tensor([[-1.0, 0.0, 2.0, 0.0]], dtype=torch.float64).view(1, 1, 2, 2)
     weight = torch.tensor([0.25], dtype=torch.float64)
-    ours = torch.autograd.grad(_PReLUFunction.apply(x.requires_grad_(), weight.requires_grad_()).sum(), (x, weight))
+    with forced_cpu_paths(prelu_backward=path):
+        ours = torch.autograd.grad(_PReLUFunction.apply(x.requires_grad_(), weight.requires_grad_()).sum(), (x, weight))
     stock = torch.autograd.grad(F.prelu(x, weight).sum(), (x, weight))
     assert torch.equal(ours[0], stock[0]) and torch.equal(ours[1], stock[1])
     assert ours[0].flatten().tolist() == [0.25, 0.25, 1.0, 0.25]
 
 
-def stock_and_ours(channels, x, grad, autocast):
-    """Outputs and gradients of nn.PReLU and ours from the same input, weights and upstream grad."""
+def stock_and_ours(channels, x, grad, autocast, path):
+    """Outputs and gradients of nn.PReLU and ours (backward on `path`) from the same input, weights
+    and upstream grad."""
     results = []
     for layer in (nn.PReLU(channels), PReLU(channels)):
         layer.weight.data = torch.linspace(-0.4, 0.6, channels)
         inputs = x.detach().clone().requires_grad_()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), forced_cpu_paths(prelu_backward=path):
             out = layer(inputs)
-        out.backward(grad.to(out.dtype))
+            out.backward(grad.to(out.dtype))
         results.append((out, inputs.grad, layer.weight.grad))
     return results
 
 
+@pytest.mark.parametrize("path", PRELU_PATHS)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_prelu_matches_stock_in_fp32(channels_last):
+def test_prelu_matches_stock_in_fp32(channels_last, path):
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(8, 16, 9, 9, generator=generator)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     grad = torch.randn(8, 16, 9, 9, generator=generator)
-    (out_s, gx_s, gw_s), (out_o, gx_o, gw_o) = stock_and_ours(16, x, grad, autocast=False)
+    (out_s, gx_s, gw_s), (out_o, gx_o, gw_o) = stock_and_ours(16, x, grad, autocast=False, path=path)
     assert torch.equal(out_s, out_o) and torch.equal(gx_s, gx_o)
     torch.testing.assert_close(gw_o, gw_s, rtol=1e-5, atol=1e-5)
     assert gx_o.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
-def test_prelu_under_bf16_autocast_is_exact_in_x_and_more_accurate_in_the_weight():
+@pytest.mark.parametrize("path", PRELU_PATHS)
+def test_prelu_under_bf16_autocast_is_exact_in_x_and_more_accurate_in_the_weight(path):
     generator = torch.Generator().manual_seed(2)
     x = torch.randn(8, 16, 9, 9, generator=generator).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     grad = torch.randn(8, 16, 9, 9, generator=generator)
-    (out_s, gx_s, gw_s), (out_o, gx_o, gw_o) = stock_and_ours(16, x, grad, autocast=True)
+    (out_s, gx_s, gw_s), (out_o, gx_o, gw_o) = stock_and_ours(16, x, grad, autocast=True, path=path)
     assert out_o.dtype == gx_o.dtype == torch.bfloat16 and gw_o.dtype == torch.float32
     assert torch.equal(out_s, out_o) and torch.equal(gx_s, gx_o)
     # The exact weight gradient, from the same bf16 inputs in fp64:
@@ -80,6 +91,56 @@ def test_prelu_under_bf16_autocast_is_exact_in_x_and_more_accurate_in_the_weight
     exact = (grad.to(torch.bfloat16).double() * negative_part).sum((0, 2, 3))
     error_ours, error_stock = (gw_o.double() - exact).abs().max(), (gw_s.double() - exact).abs().max()
     assert error_ours <= error_stock and error_ours < 1e-4 * exact.abs().max()
+
+
+# Runs in a fresh interpreter: the toolchain is probed once per process, from $CXX as Inductor reads it.
+TOOLCHAIN_PROBE = """
+import json, warnings, torch
+from torch import nn
+from backbone.layers import PReLU, cpu_paths
+from runtime.cpu import inductor_cpp_compiler
+before = cpu_paths()["prelu_backward"]
+x = torch.randn(4, 6, 5, 5).contiguous(memory_format=torch.channels_last)
+grad = torch.randn(4, 6, 5, 5)
+results = []
+for layer in (nn.PReLU(6), PReLU(6)):
+    inputs = x.clone().requires_grad_()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        layer(inputs).backward(grad)
+    results.append((inputs.grad, layer.weight.grad))
+print(json.dumps({"compiler": inductor_cpp_compiler(), "before": before, "after": cpu_paths()["prelu_backward"],
+                  "warnings": [str(w.message) for w in caught if "PReLU" in str(w.message)],
+                  "same_grad_x": torch.equal(results[0][0], results[1][0]),
+                  "grad_w_close": torch.allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-5)}))
+"""
+
+
+def probe_with_compiler(compiler, tmp_path):
+    import json
+    import os
+    import subprocess
+    env = {**os.environ, "CXX": compiler, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+           "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    done = subprocess.run([sys.executable, "-c", TOOLCHAIN_PROBE], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_without_a_cpp_compiler_prelu_takes_the_ops_path(tmp_path):
+    result = probe_with_compiler("/nonexistent/c++", tmp_path)
+    assert result["compiler"] == "" and result["before"] == result["after"] == "ops" and not result["warnings"]
+    assert result["same_grad_x"] and result["grad_w_close"]
+
+
+@pytest.mark.skipif(not os.path.exists("/bin/true"), reason="needs /bin/true as a compiler that builds nothing")
+def test_a_compiler_that_cannot_build_falls_back_to_the_ops_path_with_one_warning(tmp_path):
+    # /bin/true answers --version, so Inductor takes it, and then produces no kernel library.
+    result = probe_with_compiler("/bin/true", tmp_path)
+    assert result["compiler"] == "/bin/true" and result["before"] == "fused" and result["after"] == "ops"
+    assert len(result["warnings"]) == 1 and "failed on the fused PReLU backward" in result["warnings"][0]
+    assert result["same_grad_x"] and result["grad_w_close"]
 
 
 def test_prelu_takes_the_stock_kernel_where_no_gradient_is_needed():
@@ -114,13 +175,17 @@ def forward_backward(layer, x, paths=None, autocast=True, seed=4):
     return out, inputs.grad, layer.weight.grad.clone()
 
 
-def test_the_rule_takes_the_depthwise_paths_fastest_on_both_cpu_kinds_and_the_matmul_only_with_amx():
+def test_the_rule_fuses_prelu_where_it_can_build_and_takes_the_matmul_only_with_amx():
     depthwise = {"strided_depthwise_conv": "bf16_stride1_backward", "global_depthwise_conv": "fp32"}
-    assert choose_cpu_paths(amx_bf16=False) == {"pointwise_conv": "conv", **depthwise}
-    assert choose_cpu_paths(amx_bf16=True) == {"pointwise_conv": "matmul", **depthwise}
-    for amx in (False, True):
-        assert all(path in PATH_CHOICES[kind] for kind, path in choose_cpu_paths(amx).items())
-    assert cpu_paths() == choose_cpu_paths(has_amx_bf16())
+    for compiler, prelu in ((False, "ops"), (True, "fused")):
+        assert choose_cpu_paths(amx_bf16=False, cpp_compiler=compiler) == {
+            "prelu_backward": prelu, "pointwise_conv": "conv", **depthwise}
+        assert choose_cpu_paths(amx_bf16=True, cpp_compiler=compiler) == {
+            "prelu_backward": prelu, "pointwise_conv": "matmul", **depthwise}
+    for amx, compiler in itertools.product((False, True), repeat=2):
+        paths = choose_cpu_paths(amx, compiler)
+        assert list(paths) == list(PATH_CHOICES) and all(path in PATH_CHOICES[kind] for kind, path in paths.items())
+    assert cpu_paths() == choose_cpu_paths(has_amx_bf16(), bool(inductor_cpp_compiler()))
 
 
 def test_forced_paths_apply_inside_the_block_only_and_refuse_unknown_ones():
@@ -195,8 +260,9 @@ def test_strided_depthwise_in_fp32_agrees_with_stock_fp32_on_the_same_bf16_input
 
 
 def every_plan():
-    kinds = list(PATH_CHOICES)
-    return [dict(zip(kinds, paths)) for paths in itertools.product(*PATH_CHOICES.values())]
+    """Every combination of the convolutions' paths (PReLU's backward applies in fp32 too, above)."""
+    kinds = [kind for kind in PATH_CHOICES if kind.endswith("_conv")]
+    return [dict(zip(kinds, paths)) for paths in itertools.product(*(PATH_CHOICES[kind] for kind in kinds))]
 
 
 @pytest.mark.parametrize("paths", every_plan(), ids=lambda paths: "-".join(paths.values()))
@@ -301,7 +367,7 @@ def test_amx_is_not_counted_where_onednn_is_capped_below_it(monkeypatch):
 def test_cpu_features_report_the_model_the_isa_and_torch_s_view():
     features = cpu_features()
     assert set(features) == {"cpu_model", "cpu_amx_bf16", "cpu_avx512_bf16", "cpu_onednn_bf16", "cpu_avx512f",
-                             "torch_cpu_capability", "onednn", "onednn_max_cpu_isa", "threads"}
+                             "torch_cpu_capability", "onednn", "onednn_max_cpu_isa", "threads", "cpp_compiler"}
     assert features["cpu_model"] and features["threads"] == torch.get_num_threads()
     assert features["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert all(isinstance(features[key], bool)

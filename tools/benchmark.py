@@ -197,9 +197,12 @@ def main(argv=None):
     device = torch.device(args.device)
     recycling_allocator = not args.default_allocator and keep_freed_cpu_memory(device)
     precision = resolve_precision(args.dtype, device)
-    if forced_paths and (device.type != "cpu" or precision != "bf16"):
-        parser.error(f"--cpu-paths: the paths apply to a CPU step in bf16, and this one runs in {precision} on "
-                     f"{device.type} (--dtype {args.dtype}); give --device cpu --dtype bf16")
+    # PReLU's backward path applies to any CPU step; the convolutions' paths to CPU steps in bf16.
+    bf16_only = sorted(kind for kind in forced_paths if kind != "prelu_backward")
+    if forced_paths and (device.type != "cpu" or (bf16_only and precision != "bf16")):
+        parser.error(f"--cpu-paths: {', '.join(bf16_only or forced_paths)} apply to a CPU step"
+                     f"{' in bf16' if bf16_only else ''}, and this one runs in {precision} on {device.type} "
+                     f"(--dtype {args.dtype}); give --device cpu{' --dtype bf16' if bf16_only else ''}")
     embedding_size = args.embedding_size or (128 if args.backbone == "mobilefacenet" else 512)
     cfg = Config(backbone=args.backbone, embedding_size=embedding_size, head=args.head, s=64.0, m=0.5,
                  batch_size=args.batch_size, precision=precision, compile=args.compile,

@@ -6,10 +6,12 @@ Inputs are bf16, channels_last, under CPU autocast, as in train.py's step (and w
 allocator train.py uses); medians over --repeats. Each row times one layer on one shape on every
 path backbone.layers.PATH_CHOICES lists for it and says which one `cpu_paths()` takes on this
 machine (`chosen`) and which one measured fastest here (`fastest`):
-- PReLU: the backward pass alone (input and weight gradients), nn.PReLU against backbone.layers.PReLU;
+- PReLU: the backward pass alone (input and weight gradients), nn.PReLU against backbone.layers.PReLU
+  on each of its paths (`ops`, `fused`: these apply to fp32 steps too);
 - pointwise (1x1) conv, strided depthwise conv, global depthwise conv: forward + backward.
 The CPU's model and features come first, as tools/benchmark.py reports them, with the default
-precision: where it is fp32 (no fast bf16 kernels on this CPU) no training step takes these paths.
+precision: where it is fp32 (no fast bf16 kernels on this CPU) no training step takes the
+convolutions' paths.
 """
 
 import argparse
@@ -77,10 +79,12 @@ def main(argv=None):
     rows = []
     for shape in PRELU_SHAPES:
         stock, ours = torch.nn.PReLU(shape[1]), PReLU(shape[1])
-        times = {"stock": backward_ms(stock, shape, args.repeats, include_forward=False),
-                 "ours": backward_ms(ours, shape, args.repeats, include_forward=False)}
-        rows.append({"layer": "prelu backward", "shape": list(shape), "ms": times, "chosen": "ours",
-                     "fastest": min(times, key=times.get)})
+        times = {"stock": backward_ms(stock, shape, args.repeats, include_forward=False)}
+        times.update({path: backward_ms(ours, shape, args.repeats, include_forward=False,
+                                        paths={"prelu_backward": path})
+                      for path in PATH_CHOICES["prelu_backward"]})
+        rows.append({"layer": "prelu backward", "shape": list(shape), "ms": times,
+                     "chosen": cpu_paths()["prelu_backward"], "fastest": min(times, key=times.get)})
     for shape, out_channels in POINTWISE_SHAPES:
         layer = PointwiseConv2d(shape[1], out_channels, 1, bias=False)
         rows.append(path_row("pointwise conv forward+backward", "pointwise_conv", layer, shape, args.repeats))
