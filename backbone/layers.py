@@ -53,7 +53,8 @@ def choose_cpu_paths(amx_bf16: bool, cpp_compiler: bool) -> dict[str, str]:
     fastest per layer with and without AMX alike; the 1x1 convolution as a matmul only where oneDNN
     runs AMX tiles (without them its conv kernel wins)."""
     return {"prelu_backward": "fused" if cpp_compiler else "ops",
-            "pointwise_conv": "matmul" if amx_bf16 else "conv", "strided_depthwise_conv": "bf16_stride1_backward", "global_depthwise_conv": "fp32"}
+            "pointwise_conv": "matmul" if amx_bf16 else "conv",
+            "strided_depthwise_conv": "bf16_stride1_backward", "global_depthwise_conv": "fp32"}
 
 
 _forced: dict[str, str] = {}

@@ -118,7 +118,6 @@ print(json.dumps({"compiler": inductor_cpp_compiler(), "before": before, "after"
 
 def probe_with_compiler(compiler, tmp_path):
     import json
-    import os
     import subprocess
     env = {**os.environ, "CXX": compiler, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
            "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
