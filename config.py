@@ -1,10 +1,11 @@
 """Every hyperparameter of a training run, with its default and why, and its validation.
 
-Defaults reproduce the old repository's CASIA-WebFace recipe (MobileFaceNet + ArcFace s=32 m=0.5,
-SGD 0.1 Nesterov, weight decay 5e-4, x0.1 at epochs 6/11/16, 18 epochs, batch 200). A run is
-configured by an override file in configs/ that sets only what differs, then `--key=value` flags:
+Defaults are the old repository's CASIA-WebFace hyperparameters (MobileFaceNet + ArcFace s=32 m=0.5,
+SGD 0.1 Nesterov, weight decay 5e-4, x0.1 at epochs 6/11/16, 18 epochs, batch 200); the recipes in
+configs/seed/ and configs/arcface_torch/ reproduce the references' training step for step (docs/recipes.md).
+A run is configured by an override file in configs/ that sets only what differs, then `--key=value` flags:
 
-    python train.py configs/casia_ir50_arcface.py --lr=0.05 --batch_size=256
+    python train.py configs/seed/casia_ir50_arcface.py --lr=0.05 --batch_size=256
 
 `load_config(argv)` resolves and validates that (what train.py calls and the tests import): a bad
 key, type, name or range is a ConfigError naming the flag or the override file's line, the value
@@ -13,7 +14,6 @@ and what is valid, before anything is built.
 
 import ast
 import dataclasses
-import difflib
 import json
 import math
 import os
@@ -27,9 +27,12 @@ import torch
 from backbone import BACKBONES, backbone_options
 from evaluation.verification import PROTOCOLS
 from margin import AUX_LOSSES, MARGINS, build_margin
-from runtime import DEVICES, PRECISION_CHOICES, UsageError, check_precision, resolve_device
+from margin.angular import MARGIN_GRADIENTS
+from margin.base import HEAD_INITS
+from runtime import DEVICES, PRECISION_CHOICES, UnknownName, UsageError, check_precision, resolve_device
 from training.components import OPTIMIZERS, build_backbone_for, head_hyperparameters
 from training.schedule import SCHEDULES
+from training.step import CLIP_SCOPES
 
 
 class ConfigError(UsageError):
@@ -55,7 +58,7 @@ class Config:
     val_dir: str = ""
     val_protocol: str = "insightface"  # insightface | seed (see evaluation/verification.py)
     val_batch_size: int = 256
-    workers: int = 4  # DataLoader processes per training process (tools/benchmark_loader.py measures one)
+    workers: int = 4  # DataLoader processes per training process (tools/bench/benchmark_loader.py measures one)
     flip: bool = True  # random horizontal mirroring, the standard face augmentation
     skip_corrupt: bool = False  # replace unreadable records by the next one (each reported once, counted) instead of stopping
 
@@ -74,6 +77,14 @@ class Config:
     s: float = 32.0  # logit scale; 32 as the old recipe (64 is the ArcFace paper's for large sets)
     m: float = 0.5  # angular margin (arcface), additive (cosface, 0.35), or multiplicative (sphereface, 4)
     head_options: dict = field(default_factory=dict)  # further head hyperparameters, e.g. {"easy_margin": true}
+    # exact: differentiate the margined target, as the papers' formulas and the old repository do;
+    # straight_through: arcface_torch's gradient (margin applied without gradient, d logit/d cos = s):
+    # every ArcFace model arcface_torch published was trained with it (arcface and combined heads).
+    margin_gradient: str = "exact"
+    head_init: str = "default"  # default | normal (N(0, 0.01), arcface_torch's) | xavier_uniform (the old repository's)
+    # arcface_torch's inter-class filtering: non-target cosines above this count as 0 (likely the same
+    # identity under another label: noisy data); 0.4 in its WebFace12M-with-flipped-labels recipe; 0 = off.
+    interclass_filtering_threshold: float = 0.0
     sharded_head: bool = False  # split the class centres over ranks (Partial FC): for 100k+ identities
     sample_rate: float = 1.0  # Partial FC negative-class sampling; 1.0 = every class in every step
     aux_loss: str = ""  # "" | center | agent_center, added to the head's loss
@@ -95,12 +106,21 @@ class Config:
     milestones: list[float] = field(default_factory=lambda: [6, 11, 16])  # epochs where lr *= lr_gamma
     lr_gamma: float = 0.1
     warmup_epochs: float = 0.0  # linear warm-up from 0; insightface warms up 0-2 epochs for large sets
-    poly_power: float = 2.0
-    clip_grad_norm: float = 0.0  # 0 = off; insightface clips at 5 with AdamW/large batches
+    # The old repository steps its MultiStepLR at the start of each 1-based epoch: its lr drops after
+    # m - 1 epochs for a milestone m. False: after m epochs.
+    multistep_epoch_start: bool = False
+    poly_power: float = 1.0  # arcface_torch's PolynomialLRWarmup default: a linear decay
+    clip_grad_norm: float = 0.0  # 0 = off; arcface_torch clips at 5
+    clip_grad_scope: str = "all"  # all (backbone and head, by their joint norm) | backbone (arcface_torch's)
+    # arcface_torch's train_v2 backpropagates each micro-batch's loss unscaled: the step's gradient is
+    # the sum over micro-batches (and its clipping sees that sum). False: the mean (the global batch's loss).
+    grad_accum_sum: bool = False
     precision: str = "auto"  # auto | bf16 | fp16 (GradScaler) | fp32; autocast on CUDA and the CPU. auto: bf16
     #                          where the device has fast bf16 kernels, else fp16 on a GPU, fp32 on a CPU
     channels_last: bool = True  # NHWC convolutions: faster on tensor cores and on the CPU
     compile: bool = False  # torch.compile the backbone (minutes of compile time, then faster steps)
+    grad_scaler_growth_interval: int = 2000  # fp16: steps without overflow before the scale doubles (arcface_torch: 100)
+    ddp_fp16_compress: bool = False  # all-reduce the backbone's gradients in fp16 (arcface_torch's comm hook)
     max_nonfinite_steps: int = 10  # stop after this many consecutive non-finite losses
     max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs): demos and tests
     max_train_minutes: float = 0.0  # stop (evaluate, checkpoint) once training steps took this long; 0 = off
@@ -123,20 +143,24 @@ _NON_NEGATIVE = (lambda v: v >= 0, "a number >= 0")
 RANGES = {
     **{key: _POSITIVE for key in ("batch_size", "grad_accum", "epochs", "embedding_size", "val_batch_size",
                                   "log_freq", "max_nonfinite_steps", "lr", "aux_lr", "lr_gamma", "poly_power",
-                                  "backbone_lr_scale")},
+                                  "backbone_lr_scale", "grad_scaler_growth_interval")},
     **{key: _NON_NEGATIVE for key in ("seed", "num_classes", "workers", "test_freq", "save_freq", "max_steps",
                                       "freeze_backbone_steps", "weight_decay", "warmup_epochs", "clip_grad_norm",
                                       "aux_weight", "max_train_minutes")},
     "dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "sample_rate": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "interclass_filtering_threshold": (lambda v: 0 <= v < 1, "a number in [0, 1) (0 = off)"),
     "visdom_port": (lambda v: 0 < v < 65536, "a port number in 1..65535"),
 }
 
 
-class UnknownConfigKey(ConfigError, KeyError):
-    def __str__(self) -> str:  # KeyError would quote the whole message
-        return str(self.args[0])
+class UnknownConfigKey(UnknownName, ConfigError, KeyError):
+    """A key that Config does not have, with where it was set."""
+
+
+class UnknownConfigValue(UnknownName, ConfigError):
+    """A name that the registry behind a key (backbone, head, optimizer, ...) does not hold, with where it was set."""
 
 
 class ConfigTypeError(ConfigError, TypeError):
@@ -211,11 +235,9 @@ def _assignment_lines(path: str) -> dict[str, int]:
 
 
 def _unknown_key(key: str, source: str, types) -> UnknownConfigKey:
-    close = difflib.get_close_matches(key, types, n=1, cutoff=0.6)
-    if key.split("_")[0] in types:  # lr_rate, epochs_total: the key the user started to write
-        close = [key.split("_")[0]]
-    hint = f" did you mean {close[0]!r}?" if close else ""
-    return UnknownConfigKey(f"{source}: unknown config key {key!r};{hint} valid keys: {', '.join(sorted(types))}")
+    # lr_rate, epochs_total: the key the user started to write
+    suggestion = key.split("_")[0] if key.split("_")[0] in types else None
+    return UnknownConfigKey("config key", key, sorted(types), where=source, suggestion=suggestion)
 
 
 def load_config(argv: list[str] | None = None, world_size: int | None = None) -> Config:
@@ -253,8 +275,7 @@ def load_config(argv: list[str] | None = None, world_size: int | None = None) ->
             for key, value in overrides.items():
                 source = f"{arg}, line {lines[key]}" if key in lines else arg
                 if key not in types:
-                    raise _unknown_key(key, arg, types) if key not in lines else \
-                        UnknownConfigKey(str(_unknown_key(key, arg, types)) + f" (line {lines[key]})")
+                    raise _unknown_key(key, f"{arg}, line {lines[key]}" if key in lines else arg, types)
                 values[key] = _check_value(key, value, types[key], arg)
                 origins[key] = source
     config = Config(**values)
@@ -285,13 +306,13 @@ def validate(cfg: Config, origins: dict[str, str] | None = None, world_size: int
             fail(key, RANGES[key][1])
 
     choices = {"backbone": BACKBONES, "head": MARGINS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
-               "precision": PRECISION_CHOICES, "device": DEVICES, "val_protocol": PROTOCOLS}
+               "precision": PRECISION_CHOICES, "device": DEVICES, "val_protocol": PROTOCOLS,
+               "margin_gradient": MARGIN_GRADIENTS, "head_init": HEAD_INITS, "clip_grad_scope": CLIP_SCOPES}
     for key, table in choices.items():
         if getattr(cfg, key) not in table:
-            close = difflib.get_close_matches(str(getattr(cfg, key)), list(table), n=1, cutoff=0.5)
-            fail(key, ", ".join(sorted(table)), f" did you mean {close[0]!r}?" if close else "")
+            raise UnknownConfigValue(key, getattr(cfg, key), sorted(table), where=where(key))
     if cfg.aux_loss and cfg.aux_loss not in AUX_LOSSES:
-        fail("aux_loss", "'' (none), " + ", ".join(sorted(AUX_LOSSES)))
+        raise UnknownConfigValue("aux_loss", cfg.aux_loss, ["'' (none)", *sorted(AUX_LOSSES)], where=where("aux_loss"))
     if not cfg.name or os.sep in cfg.name or cfg.name in (".", ".."):
         fail("name", "a non-empty folder name without a path separator")
     if cfg.batch_size % (world * cfg.grad_accum):
@@ -301,8 +322,14 @@ def validate(cfg: Config, origins: dict[str, str] | None = None, world_size: int
         fail("milestones", "epochs >= 0 in increasing order")
     if any(not isinstance(v, str) or not v for v in cfg.val_sets):
         fail("val_sets", "names or paths of .bin files")
-    if cfg.sample_rate < 1 and not MARGINS[cfg.head].cosine_margin:
-        fail("sample_rate", f"1.0 for head {cfg.head!r} (class sampling needs a cosine margin head)")
+    if cfg.margin_gradient != "exact" and "gradient" not in MARGINS[cfg.head].HYPERPARAMETERS:
+        takes = sorted(name for name, head in MARGINS.items() if "gradient" in head.HYPERPARAMETERS)
+        fail("margin_gradient", f"'exact' for head {cfg.head!r}; heads that take another: {', '.join(takes)}")
+    if cfg.interclass_filtering_threshold and not MARGINS[cfg.head].cosine_margin:
+        fail("interclass_filtering_threshold", f"0 for head {cfg.head!r} (filtering judges cosines; "
+                                               f"{cfg.head!r} has none)")
+    if cfg.schedule == "poly" and cfg.warmup_epochs >= cfg.epochs:
+        fail("warmup_epochs", f"fewer than epochs={cfg.epochs} for the poly schedule (it decays after the warm-up)")
 
     options = backbone_options(cfg.backbone)
     for key in cfg.backbone_options:

@@ -5,10 +5,10 @@ insightface's agedb_30.bin, an image folder with a pair list, or saved features.
     python eval_agedb30.py --checkpoint runs/NAME/backbone.pt              # data/agedb_30.bin
     python eval_agedb30.py --checkpoint runs/NAME/backbone.pt --bin data/calfw.bin
 
-Every option: python eval_agedb30.py --help; the implementation is evaluation/cli.py.
+Every option: python eval_agedb30.py --help; the implementation is evaluation/verification/cli.py.
 """
 
-from evaluation.cli import run_verification_script
+from evaluation.verification.cli import run_verification_script
 
 if __name__ == "__main__":
     run_verification_script("agedb_30")

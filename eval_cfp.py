@@ -6,10 +6,10 @@ features.
     python eval_cfp.py --checkpoint runs/NAME/backbone.pt                  # data/cfp_fp.bin
     python eval_cfp.py --checkpoint runs/NAME/backbone.pt --set cfp_ff --json
 
-Every option: python eval_cfp.py --help; the implementation is evaluation/cli.py.
+Every option: python eval_cfp.py --help; the implementation is evaluation/verification/cli.py.
 """
 
-from evaluation.cli import run_verification_script
+from evaluation.verification.cli import run_verification_script
 
 if __name__ == "__main__":
     run_verification_script("cfp_fp", set_choices=("cfp_fp", "cfp_ff"))

@@ -7,10 +7,10 @@ TPIR at FPIR = 0.01 and 0.1), from the loose crops and their 5-point landmarks o
     python eval_ijb.py --root IJB_release/IJBB --set ijbb --checkpoint runs/NAME/backbone.pt --json
     python eval_ijb.py --root IJB_release/IJBC --features ijbc_features.npz --mode N0D0F0
 
-Every option: python eval_ijb.py --help; the implementation is evaluation/ijb_cli.py.
+Every option: python eval_ijb.py --help; the implementation is evaluation/ijb/cli.py.
 """
 
-from evaluation.ijb_cli import main
+from evaluation.ijb.cli import main
 from runtime import run_cli
 
 if __name__ == "__main__":

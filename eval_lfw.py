@@ -5,10 +5,10 @@ pairs in 10 folds, from insightface's lfw.bin, an image folder with pairs.txt, o
     python eval_lfw.py --checkpoint runs/NAME/backbone.pt --protocol seed --json
     python eval_lfw.py --checkpoint ckpt.pt --images data/lfw_images --pairs data/lfw_images/pairs.txt
 
-Every option: python eval_lfw.py --help; the implementation is evaluation/cli.py.
+Every option: python eval_lfw.py --help; the implementation is evaluation/verification/cli.py.
 """
 
-from evaluation.cli import run_verification_script
+from evaluation.verification.cli import run_verification_script
 
 if __name__ == "__main__":
     run_verification_script("lfw")

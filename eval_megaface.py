@@ -11,10 +11,10 @@ lists ("@R"), from image folders, the devkit's JSON lists, or saved features.
         --facescrub-noises data/facescrub_noises.txt --megaface-noises data/megaface_noises.txt --json
     python eval_megaface.py --features megaface_features.npz
 
-Every option: python eval_megaface.py --help; the implementation is evaluation/megaface_cli.py.
+Every option: python eval_megaface.py --help; the implementation is evaluation/megaface/cli.py.
 """
 
-from evaluation.megaface_cli import main
+from evaluation.megaface.cli import main
 from runtime import run_cli
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Train a face-recognition backbone with a margin head, on one process, many GPUs or many machines.
 
     python train.py configs/demo.py                                  # one process (GPU if present)
-    torchrun --nproc_per_node=8 train.py configs/ms1m_ir100_arcface.py
-    python train.py configs/casia_ir50_arcface.py --lr=0.05 --batch_size=256
+    torchrun --nproc_per_node=8 train.py configs/arcface_torch/ms1mv3_r100.py
+    python train.py configs/seed/casia_ir50_arcface.py --lr=0.05 --batch_size=256
 
 Reads top to bottom: check everything (config, data, verification sets, initial weights), take the
 run folder, build the training state and resume it, then the loop of step -> log -> checkpoint ->
@@ -23,15 +23,15 @@ from tqdm import tqdm
 from config import config_to_dict, load_config
 from evaluation.features import extract_embeddings
 from evaluation.verification import evaluate_verification
-from runtime import UserError, keep_freed_cpu_memory, resolve_precision
-from training.checkpoint import find_checkpoint, read_checkpoint, write_checkpoint
+from runtime import UserError, check_writable, prepare_device, resolve_precision
+from training.checkpoint import agree_on_resume, find_checkpoint, has_checkpoint, read_checkpoint, write_checkpoint
 from training.components import build_train_state, read_initial_backbone
 from training.data import BadRecords, open_training_data, open_val_sets, resolve_val_sets, training_loader
 from training.distributed import init_distributed
 from training.run_folder import RunFolderLock, config_changes, record_config, refuse_changes
 from training.run_log import RunLog, git_commit
-from training.schedule import lr_factor
-from training.step import TrainStep
+from training.schedule import LearningRate
+from training.step import StepWindow, TrainStep
 from training.stop import StopRequest, any_process
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -64,9 +64,39 @@ def evaluate(backbone, val_sets, cfg, device, step: int, log: RunLog, best: dict
     return results
 
 
-def new_log_window() -> dict:
-    """Sums over the steps since the last log line (time: training steps only, not evaluation)."""
-    return {"loss": 0.0, "accuracy": 0.0, "grad_norm": 0.0, "steps": 0, "images": 0, "seconds": 0.0}
+def report_window(window: StepWindow, log: RunLog, bar, cfg, total_steps: int, epoch: int, lr: float,
+                  consecutive_bad: int) -> int:
+    """Log the steps of `window` (one line and one metrics record for its finite steps, one line per skipped
+    step) and return the count of consecutive non-finite steps at its end. An fp16 overflow of a finite
+    loss is the GradScaler's own business: skipped, logged, not counted."""
+    records = window.read()
+    for record in records:
+        if not record["skipped"]:
+            consecutive_bad = 0
+        elif record["overflowed"]:
+            log.event("fp16_overflow", step=record["step"], grad_norm=str(record["grad_norm"]))
+        else:
+            consecutive_bad += 1
+            log.info(f"step {record['step']}: non-finite loss {record['loss']} / gradient norm {record['grad_norm']}: "
+                     f"no weight changed ({consecutive_bad} in a row)")
+            log.event("nonfinite", step=record["step"], loss=str(record["loss"]), grad_norm=str(record["grad_norm"]))
+    finite = [record for record in records if not record["skipped"]]
+    if not finite:
+        return consecutive_bad
+    step = records[-1]["step"]
+    summary = {"loss": sum(r["loss"] for r in finite) / len(finite),
+               "train_accuracy": sum(r["accuracy"] for r in finite) / len(finite),
+               "grad_norm": sum(r["grad_norm"] for r in finite) / len(finite), "lr": lr,
+               "images_per_second": len(records) * cfg.batch_size / max(window.seconds, 1e-9)}
+    eta = (total_steps - step) * window.seconds / len(records)
+    log.info(f"step {step}/{total_steps} epoch {epoch} loss {summary['loss']:.4f} train accuracy "
+             f"{summary['train_accuracy']:.4f} lr {lr:.3e} {summary['images_per_second']:.0f} images/s "
+             f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+    log.event("train", step=step, epoch=epoch, **summary)
+    log.curves(step, **summary)
+    bar.set_postfix(epoch=epoch, loss=f"{summary['loss']:.3f}", acc=f"{summary['train_accuracy']:.3f}", lr=f"{lr:.2e}",
+                    img_s=f"{summary['images_per_second']:.0f}")
+    return consecutive_bad
 
 
 def main(argv=None) -> dict:
@@ -76,14 +106,18 @@ def main(argv=None) -> dict:
     device = context.device
     # `auto` becomes the precision this device runs fast, so that config.json and the log say what ran.
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
-    keep_freed_cpu_memory(device)  # on the CPU: reuse activation buffers instead of re-faulting their pages
+    prepare_device(device)  # CPU: reuse freed activation buffers; GPU: cuDNN times its kernels (fixed shapes)
     torch.manual_seed(cfg.seed * 1000 + context.rank)
     train_set, num_classes = open_training_data(cfg, context.world)
     cfg = dataclasses.replace(cfg, num_classes=num_classes)  # config.json and checkpoints record the real count
     val_sets = open_val_sets(resolve_val_sets(cfg)) if context.is_main else {}
-    initial_backbone = read_initial_backbone(cfg) if cfg.init_backbone else None
     explicit = read_checkpoint(cfg.resume) if cfg.resume else None
     run_dir = os.path.join(cfg.output_dir, cfg.name)
+    check_writable(run_dir, "run folder", folder=True, instead="choose another --output_dir (a folder you can write) "
+                                                             "or --name")
+    # A resume takes every weight from its checkpoint: init_backbone is read on a fresh start only.
+    fresh = explicit is None and not has_checkpoint(run_dir)
+    initial_backbone = read_initial_backbone(cfg) if cfg.init_backbone and fresh else None
     with RunFolderLock(run_dir, context.is_main):  # one train.py per run folder
         return train(cfg, context, run_dir, train_set, val_sets, initial_backbone, explicit)
 
@@ -92,6 +126,7 @@ def train(cfg, context, run_dir: str, train_set, val_sets: dict, initial_backbon
     # ============ run folder: a resume knows what changed ============
     device, num_classes, config = context.device, cfg.num_classes, config_to_dict(cfg)
     resumed, resumed_from, fallback_note = (explicit, cfg.resume, None) if explicit else find_checkpoint(run_dir)
+    agree_on_resume(resumed["step"] if resumed is not None else None, run_dir, context)
     changes = {}
     if resumed is not None:
         refused, changes = config_changes(resumed["config"], config)
@@ -115,15 +150,21 @@ def train(cfg, context, run_dir: str, train_set, val_sets: dict, initial_backbon
     loader, sampler = training_loader(train_set, cfg, context)
     steps_per_epoch = sampler.steps_per_epoch
     total_steps = steps_per_epoch * cfg.epochs if not cfg.max_steps else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
+    learning_rate = LearningRate(cfg, steps_per_epoch, total_steps, len(train_set))
     log.info(f"{len(train_set)} images of {num_classes} identities; global batch {cfg.batch_size} = "
              f"{context.world} process(es) x {cfg.grad_accum} micro-batch(es) x {sampler.micro_batch}; "
              f"{steps_per_epoch} steps per epoch, {total_steps} steps in all")
+    if cfg.freeze_backbone_steps >= total_steps:
+        log.info(f"freeze_backbone_steps={cfg.freeze_backbone_steps} covers all {total_steps} steps of the run: "
+                 "only the head trains")
 
     # ============ training state: fresh, fine-tuned from a backbone file, or resumed ============
     state = build_train_state(cfg, context, num_classes)
     if resumed is not None:
         state.load_state_dict(resumed, context)
-        log.info(f"resumed from {resumed_from} at step {state.step} (epoch {state.step // steps_per_epoch})")
+        log.info(f"resumed from {resumed_from} at step {state.step} (epoch {state.step // steps_per_epoch})"
+                 + (f"; every weight comes from it (the run started from init_backbone {cfg.init_backbone}, "
+                    "which a resume does not read)" if cfg.init_backbone else ""))
     elif initial_backbone is not None:
         weights, origin = initial_backbone
         state.backbone.load_state_dict(weights)
@@ -142,7 +183,7 @@ def train(cfg, context, run_dir: str, train_set, val_sets: dict, initial_backbon
     # ============ train ============
     accuracy_at_start = evaluate(state.backbone, val_sets, cfg, device, 0, log, state.best_accuracy) \
         if cfg.eval_at_start and state.step == 0 and val_sets else {}
-    window, latest, train_seconds, consecutive_bad = new_log_window(), {}, 0.0, 0
+    window, latest, train_seconds, consecutive_bad = StepWindow(), {}, 0.0, 0
     micro_batches, saved_at, stop = None, None, None
     if state.step >= total_steps:
         stop = "complete"
@@ -156,57 +197,38 @@ def train(cfg, context, run_dir: str, train_set, val_sets: dict, initial_backbon
                 sampler.set_position(epoch, step_in_epoch)
                 micro_batches = bad_records.micro_batches(iter(loader))
             step_start = time.time()
-            lr = cfg.lr * lr_factor(state.step, cfg.schedule, total_steps, steps_per_epoch,
-                                    round(cfg.warmup_epochs * steps_per_epoch), cfg.milestones, cfg.lr_gamma,
-                                    cfg.poly_power)
+            lr = learning_rate(state.step)
             train_step.set_lr(lr)
             state.classifier.set_step(state.step)
+            if state.step == cfg.freeze_backbone_steps > 0:
+                log.info(f"step {state.step + 1}: the backbone starts to learn (freeze_backbone_steps)")
             result = train_step(micro_batches, frozen_backbone=state.step < cfg.freeze_backbone_steps)
             state.step += 1
             state.bad_records = bad_records.seen
-            step_seconds = time.time() - step_start
-            train_seconds += step_seconds
+            window.add(state.step, result, time.time() - step_start)
             bar.update(1)
 
-            # ---- log
-            if result.finite:
-                consecutive_bad = 0
-                for key, value in (("loss", result.loss), ("accuracy", result.accuracy), ("grad_norm", result.grad_norm)):
-                    window[key] += value
-                window["steps"] += 1
-                bar.set_postfix(epoch=epoch, loss=f"{result.loss:.3f}", acc=f"{result.accuracy:.3f}", lr=f"{lr:.2e}",
-                                img_s=f"{cfg.batch_size / step_seconds:.0f}")
-            else:
-                consecutive_bad += 1
-                log.info(f"step {state.step}: non-finite loss {result.loss} / gradient norm {result.grad_norm}: "
-                         f"no weight changed ({consecutive_bad} in a row)")
-                log.event("nonfinite", step=state.step, loss=str(result.loss), grad_norm=str(result.grad_norm))
-            window["images"] += cfg.batch_size
-            window["seconds"] += step_seconds
-            if (state.step % cfg.log_freq == 0 or state.step == total_steps) and window["steps"]:
-                record = {"loss": window["loss"] / window["steps"], "train_accuracy": window["accuracy"] / window["steps"],
-                          "grad_norm": window["grad_norm"] / window["steps"], "lr": lr,
-                          "images_per_second": window["images"] / max(window["seconds"], 1e-9)}
-                eta = (total_steps - state.step) * window["seconds"] / window["steps"]
-                log.info(f"step {state.step}/{total_steps} epoch {epoch} loss {record['loss']:.4f} train accuracy "
-                         f"{record['train_accuracy']:.4f} lr {lr:.3e} {record['images_per_second']:.0f} images/s "
-                         f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
-                log.event("train", step=state.step, epoch=epoch, **record)
-                log.curves(state.step, **record)
-                window = new_log_window()
+            # ---- log: the window's results come back from the device here, and only here
+            log_point = state.step % cfg.log_freq == 0 or state.step >= total_steps
+            if log_point:
+                consecutive_bad = report_window(window, log, bar, cfg, total_steps, epoch, lr, consecutive_bad)
+                train_seconds += window.seconds
+                window = StepWindow()
 
-            # ---- why stop (every process agrees, so that all of them checkpoint at the same step)
-            signalled, time_up = any_process([stop_request.signal is not None,
-                                              cfg.max_train_minutes > 0 and train_seconds >= 60 * cfg.max_train_minutes],
-                                             context)
-            if signalled:
-                stop = stop_request.name or "signal"
-            elif consecutive_bad >= cfg.max_nonfinite_steps:
-                stop = "nonfinite"
-            elif state.step >= total_steps:
-                stop = "complete"
-            elif time_up:
-                stop = "time"
+            # ---- why stop (every process agrees, so that all of them checkpoint at the same step;
+            # with several processes that takes a collective, so they agree at log points)
+            if log_point or not context.enabled:
+                signalled, time_up = any_process([stop_request.signal is not None, cfg.max_train_minutes > 0 and
+                                                  train_seconds + window.seconds >= 60 * cfg.max_train_minutes],
+                                                 context)
+                if signalled:
+                    stop = stop_request.name or "signal"
+                elif consecutive_bad >= cfg.max_nonfinite_steps:
+                    stop = "nonfinite"
+                elif state.step >= total_steps:
+                    stop = "complete"
+                elif time_up:
+                    stop = "time"
 
             # ---- checkpoint, then evaluate
             evaluate_now = bool(cfg.test_freq and state.step % cfg.test_freq == 0) or stop in ("complete", "time")
@@ -221,6 +243,9 @@ def train(cfg, context, run_dir: str, train_set, val_sets: dict, initial_backbon
                 save("evaluated")  # again, now with the best accuracies of this evaluation
 
     bar.close()
+    if window.results:  # a signal between log points: the steps since the last one
+        consecutive_bad = report_window(window, log, bar, cfg, total_steps, epoch, lr, consecutive_bad)
+        train_seconds += window.seconds
     if stop == "nonfinite":
         log.info(f"stopping: {consecutive_bad} consecutive non-finite steps. {NONFINITE_ADVICE}")
     elif stop == "time":
@@ -240,7 +265,8 @@ def train(cfg, context, run_dir: str, train_set, val_sets: dict, initial_backbon
     if stop == "nonfinite":
         raise SystemExit(3)
     if stop not in ("complete", "time"):  # a signal: a scheduler sees the job as interrupted, not done
-        print(json.dumps(summary))
+        if context.is_main:
+            print(json.dumps(summary))
         raise SystemExit(128 + stop_request.signal if stop_request.signal else 1)
     return summary
 
@@ -251,4 +277,5 @@ if __name__ == "__main__":
     except UserError as error:  # bad input: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_status)
-    print(json.dumps(summary))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun one summary, rank 0's (it alone evaluates)
+        print(json.dumps(summary))

@@ -10,6 +10,8 @@ MobileFaceNet and SphereNet take none.
 
 import inspect
 
+from runtime.errors import UnknownName
+
 from . import attention, iresnet, resnet, spherenet, vit
 from .mobilefacenet import MobileFaceNet
 
@@ -49,7 +51,7 @@ BACKBONES = {
 def backbone_options(name: str) -> set[str]:
     """The keyword options the network `name` takes besides embedding_size."""
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; valid: {', '.join(sorted(BACKBONES))}")
+        raise UnknownName("backbone", name, sorted(BACKBONES))
     return set(inspect.signature(BACKBONES[name]).parameters) - {"embedding_size"}
 
 
@@ -59,6 +61,5 @@ def build_backbone(name: str, embedding_size: int, **options):
     constructor = BACKBONES[name]
     unknown = sorted(set(options) - accepted)
     if unknown:
-        raise TypeError(f"backbone {name!r} takes no option {', '.join(unknown)}; "
-                        f"its options: {', '.join(sorted(accepted)) or 'none'}")
+        raise UnknownName(f"{name} option", unknown[0], sorted(accepted))
     return constructor(embedding_size=embedding_size, **options)

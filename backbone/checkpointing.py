@@ -29,6 +29,12 @@ def _buffers_restored(module: nn.Module):
 
 
 def checkpointed(module: nn.Module, *inputs):
-    """module(*inputs), its activations recomputed in the backward pass."""
+    """module(*inputs), its activations recomputed in the backward pass.
+
+    Under torch.compile the recomputation is part of the compiled backward graph, which recomputes
+    values, not the forward's buffer updates, and Dynamo cannot trace a context_fn: there the plain
+    checkpoint is the same computation."""
+    if torch.compiler.is_compiling():
+        return checkpoint(module, *inputs, use_reentrant=False)
     return checkpoint(module, *inputs, use_reentrant=False,
                       context_fn=lambda: (contextlib.nullcontext(), _buffers_restored(module)))

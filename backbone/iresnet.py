@@ -25,6 +25,8 @@ from functools import partial
 import torch
 from torch import nn
 
+from runtime.errors import UnknownName
+
 from .checkpointing import checkpointed
 from .layers import PReLU
 from .output_layer import option_e_layers
@@ -137,7 +139,7 @@ class IResNet(nn.Module):
         super().__init__()
         self.grad_checkpoint = grad_checkpoint
         if attention is not None and attention not in ATTENTIONS:
-            raise ValueError(f"unknown attention {attention!r}; valid: {sorted(ATTENTIONS)} or None")
+            raise UnknownName("attention", attention, [*sorted(ATTENTIONS), None])
         attention_class = ATTENTIONS[attention] if attention else None
         self.conv1 = conv3x3(3, 64)
         self.bn1 = nn.BatchNorm2d(64)

@@ -21,7 +21,7 @@ Which of these paths each layer takes is `cpu_paths()`: a rule on the CPU's capa
 (runtime.cpu.has_amx_bf16) and on the toolchain (runtime.cpu.inductor_cpp_compiler). The depthwise
 paths are the ones measured fastest per layer on both CPU kinds (AVX-512 BF16 without AMX, and
 AMX); only the 1x1 convolution's path depends on AMX, as the matmul wins only with AMX tiles
-(`tools/benchmark_layers.py` times every path on the machine at hand). None of them changes the
+(`tools/bench/benchmark_layers.py` times every path on the machine at hand). None of them changes the
 mathematics, only the kernels and rounding: the tests hold every path to the stock layer. On CUDA,
 without gradients (export, evaluation) and under torch.compile / TorchScript the layers call the
 stock kernels; in an fp32 CPU step only PReLU's backward is ours.
@@ -37,6 +37,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from runtime.cpu import has_amx_bf16, inductor_cpp_compiler
+from runtime.errors import UnknownName
 
 # Layer kind -> the paths it can take; the first is the stock kernel of that layer (for PReLU's
 # backward, the four elementwise/reduction kernels below; torch's own is slower than both).
@@ -83,10 +84,12 @@ def cpu_step_report(features: dict, paths: dict[str, str], precision: str) -> st
 
 @contextlib.contextmanager
 def forced_cpu_paths(**paths: str):
-    """Within the block, the given layer kinds take the given paths (tests, tools/benchmark_layers.py)."""
+    """Within the block, the given layer kinds take the given paths (tests, tools/bench/benchmark_layers.py)."""
     for kind, path in paths.items():
-        if path not in PATH_CHOICES.get(kind, ()):
-            raise ValueError(f"{kind}={path!r}; valid kinds and paths: {PATH_CHOICES}")
+        if kind not in PATH_CHOICES:
+            raise UnknownName("layer kind", kind, PATH_CHOICES)
+        if path not in PATH_CHOICES[kind]:
+            raise UnknownName(f"{kind} path", path, PATH_CHOICES[kind])
     saved = dict(_forced)
     _forced.update(paths)
     try:

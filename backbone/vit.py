@@ -77,8 +77,8 @@ class ScaledDotProductAttention(nn.Module):
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"num_heads={num_heads}; valid: a divisor of the width {dim}")
+        if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1 or dim % num_heads:
+            raise ValueError(f"num_heads={num_heads!r}; valid: a positive divisor of the width {dim}")
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.product = ScaledDotProductAttention()
@@ -134,7 +134,7 @@ class PatchEmbedding(nn.Module):
 
 
 def _check_rate(name: str, value: float) -> None:
-    if not 0.0 <= value < 1.0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name}={value!r}; valid: a number in [0, 1)")
 
 
@@ -179,6 +179,11 @@ class VisionTransformer(nn.Module):
                 nn.init.zeros_(module.bias)
         nn.init.trunc_normal_(self.pos_embed, std=INIT_STD)
         nn.init.normal_(self.mask_token, std=INIT_STD)
+
+    def unused_in_training(self) -> set[str]:
+        """Parameters that a training forward leaves without a gradient (DDP must be told): the mask
+        token when nothing is masked (vit_h's own mask_ratio is 0)."""
+        return {"mask_token"} if self.mask_ratio == 0 else set()
 
     def forward(self, x):
         tokens = self.patch_embed(x) + self.pos_embed

@@ -1,4 +1,4 @@
-# make demo   (= python tools/make_synthetic.py data/synthetic --lfw-pairs 600 ... && python train.py configs/demo.py)
+# make demo   (= python tools/data/make_synthetic.py data/synthetic --lfw-pairs 600 ... && python train.py configs/demo.py)
 # MobileFaceNet + ArcFace on the synthetic identities, sized for a 2-core CPU: 64 batch x 1 process,
 # at most 5 minutes of training steps, evaluated before and after on the held-out LFW-like pairs.
 # From scratch in a few hundred steps, AdamW with a small scale and margin converges where SGD with

@@ -1,5 +1,7 @@
 """A whole training source scanned before a long run: every record decodes at 112x112 with a class
-label, the labels fit the class count, no identity is empty, and duplicate images are listed."""
+label, the labels fit the class count, no identity is empty, and duplicate images are listed. An
+empty identity of an image folder is named by its folder (the label is only its place in the sorted
+folder names), one of a pack or a list by its label."""
 
 import hashlib
 import os
@@ -29,6 +31,14 @@ def record_name(source, index: int) -> str:
     if isinstance(source, RecordDataset):
         return f"{source.rec_path} record key {int(source.keys[index])}"
     return os.path.join(source.root, source.paths[index])
+
+
+def identity_name(source, label: int) -> str:
+    """How the user finds identity `label`: its folder (an image folder), else the label."""
+    folders = getattr(source, "identities", None) or []
+    if label < len(folders):
+        return os.path.join(source.root, folders[label])
+    return f"label {label}"
 
 
 def _scan_chunk(source, start: int, stop: int) -> tuple[list, list, list]:
@@ -74,9 +84,11 @@ def scan_training_source(source, num_classes: int | None = None, workers: int = 
     readable = labels >= 0
     declared = num_classes or getattr(source, "num_classes", None)
     classes = declared or (int(labels[readable].max()) + 1 if readable.any() else 0)
-    counts = np.bincount(labels[readable], minlength=classes) if readable.any() else np.zeros(classes, np.int64)
+    # an image folder's identities are its sub-folders, the last ones included even when empty
+    folders = getattr(source, "identities", None) or []
+    counts = np.bincount(labels[readable], minlength=max(classes, len(folders)))
     out_of_range = int((labels[readable] >= classes).sum()) if classes else 0
-    empty = np.flatnonzero(counts[:classes] == 0).tolist()
+    empty = np.flatnonzero(counts[:max(classes, len(folders))] == 0).tolist()
     groups: dict[str, list[int]] = {}
     for index, digest in enumerate(hashes):
         if digest:
@@ -85,5 +97,6 @@ def scan_training_source(source, num_classes: int | None = None, workers: int = 
     return {"records": size, "readable": int(readable.sum()), "bad_records": problems, "classes": classes,
             "largest_label": int(labels[readable].max()) if readable.any() else None,
             "labels_out_of_range": out_of_range, "empty_identities": empty,
+            "empty_identity_names": [identity_name(source, label) for label in empty],
             "duplicate_groups": duplicates,
             "ok": not problems and not out_of_range and not empty and not duplicates}

@@ -1,21 +1,25 @@
-"""Face detection with MTCNN (Zhang et al., 2016; the networks are in dataset/mtcnn.py).
+"""Face detection with MTCNN (Zhang et al., 2016; the networks are in dataset/mtcnn.py), computing what
+facenet-pytorch's `detect_face` computes with the same weights and defaults (docs/detector.md).
 
 1. P-Net looks at every 12x12 window, stride 2, of an image pyramid whose first level maps the
    smallest face wanted onto 12 pixels and whose levels shrink by `factor`. All levels are packed
-   side by side into one canvas, so P-Net runs once per image; a window counts only when it lies
-   inside one level. Windows scoring >= thresholds[0] become boxes, offset by P-Net's regression,
-   after non-maximum suppression per level (IoU 0.5) and then across levels (IoU 0.7).
-2. Each box, made square, is cropped from the image (zero outside it, as the original MTCNN pads),
-   averaged down to 24x24 and scored by R-Net: those > thresholds[1] survive NMS (IoU 0.7) and are
-   refined by R-Net's regression.
+   side by side into one canvas, so P-Net runs once per image; where a level ends, its first max-pool
+   sees only the level's own pixels, so every level's cells are those P-Net gives on the level alone.
+   Windows scoring >= thresholds[0] become boxes, after non-maximum suppression per level (IoU 0.5),
+   then across levels (IoU 0.7), and are moved by P-Net's regression and made square.
+2. Each box is cropped from the image, clipped to it, averaged down to 24x24 and scored by R-Net:
+   those > thresholds[1] survive NMS (IoU 0.7) and are refined by R-Net's regression and made square.
 3. The same at 48x48 with O-Net (> thresholds[2]), which also places the five landmarks; a last NMS
    divides the overlap by the smaller box ("Min", 0.7), so a box inside a bigger one goes.
 
-Boxes are in the original implementation's pixel convention (a box x1..x2 spans x2 - x1 + 1 pixels
-and crops columns trunc(x1) - 1 .. trunc(x2) - 1), which facenet-pytorch keeps as well; landmarks are
-plain 0-based pixel coordinates. The crops are area averages over integer bins (what
-torch.nn.functional.interpolate(mode="area") computes), taken for all boxes at once from a summed-area
-table.
+Boxes are in the original implementation's pixel convention, which facenet-pytorch keeps: a box
+x1..x2 crops columns max(trunc(x1), 1) - 1 .. min(trunc(x2), width) - 1, and R-Net's and O-Net's
+regression count it as x2 - x1 + 1 pixels wide; landmarks are plain 0-based pixel coordinates. The box
+arithmetic is float32, in the reference's order of operations, and NMS follows the rules of
+torchvision's, which the reference calls, so that no window or crop lands one pixel off the
+reference's. The resampling is the area average over integer bins that
+torch.nn.functional.interpolate(mode="area") computes, taken for all levels and crops from one
+summed-area table.
 """
 
 import math
@@ -31,6 +35,9 @@ from .mtcnn import load_nets
 DEFAULT_THRESHOLDS = (0.6, 0.7, 0.7)
 CELL, STRIDE = 12, 2      # P-Net's window and step, in pixels of a pyramid level
 REFINE_BATCH = 512        # crops per R-Net / O-Net call, bounding the memory of a crowded image
+# torchvision's batched_nms takes another path above 4000 coordinates on the CPU, which orders tied
+# scores differently; nms follows it so that ties resolve as facenet-pytorch's do.
+VANILLA_NMS_ABOVE = 1000
 _DETECTORS = {}           # (device, weights folder) -> Detector: the weights load once per process
 
 
@@ -51,10 +58,16 @@ def level_size(height: int, width: int, scale: float) -> tuple[int, int]:
     return int(height * scale + 1), int(width * scale + 1)
 
 
+def level_cells(height: int, width: int) -> tuple[int, int]:
+    """(rows, cols) of P-Net's output on a level alone: its max-pool rounds up (ceil_mode), so on an
+    odd side the last window reaches one pixel past the level."""
+    return (height - 1) // 2 - 4, (width - 1) // 2 - 4
+
+
 def pack_levels(sizes: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], tuple[int, int]]:
     """((top, left) of each level, (height, width) of the canvas): shelves as wide as the two largest
-    levels, filled left to right. Offsets are even so that P-Net's stride-2 cells of a level start
-    on the level's first pixel."""
+    levels, filled left to right. Offsets and the room each level takes are even, so that P-Net's
+    stride-2 cells of a level start on the level's first pixel and its last cell still fits."""
     def even(value):
         return value + value % 2
     width = even(sizes[0][1]) + (even(sizes[1][1]) if len(sizes) > 1 else 0)
@@ -68,58 +81,110 @@ def pack_levels(sizes: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], tu
     return offsets, (top + shelf, width)
 
 
+def past_odd_sides(offsets, sizes) -> list[tuple[int, int, int, int]]:
+    """(row, end row, column, end column) rectangles of P-Net's conv1 output on the packed canvas that
+    lie just past a level's odd side: P-Net's first max-pool (2x2, rounding up) reaches them from the
+    level's last row or column, where on the level alone it finds nothing, so P-Net leaves them out."""
+    rectangles = []
+    for (top, left), (height, width) in zip(offsets, sizes):
+        row, col = top + height - 2, left + width - 2  # conv1 has height - 2 rows on a level alone
+        if height % 2:
+            rectangles.append((row, row + 1, left, col + 1))
+        if width % 2:
+            rectangles.append((top, row + 1, col, col + 1))
+    return rectangles
+
+
 def window_boxes(rows, cols, scale: float) -> np.ndarray:
-    """float64 [K, 4] boxes in the image of P-Net cells (row, col) of a level at `scale`."""
-    cells = np.stack([cols, rows], axis=1).astype(np.float64)
+    """float32 [K, 4] boxes in the image of P-Net cells (row, col) of a level at `scale`, computed in
+    float32 as the reference does (in float64 some corners land one pixel further)."""
+    cells = np.stack([cols, rows], axis=1).astype(np.float32)
+    scale = np.float32(scale)
     top_left = np.floor((STRIDE * cells + 1) / scale)
     bottom_right = np.floor((STRIDE * cells + CELL) / scale)
     return np.concatenate([top_left, bottom_right], axis=1)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union") -> np.ndarray:
-    """Indices of the boxes kept by greedy non-maximum suppression, best score first: a box goes when
-    its overlap with a kept one exceeds `threshold`; overlap is intersection over union, or over
-    the smaller area with mode "min". Areas count pixels inclusively (x2 - x1 + 1)."""
-    if mode not in ("union", "min"):
-        raise ValueError(f"nms mode {mode!r}; valid: union, min")
+def score_order(scores: np.ndarray) -> np.ndarray:
+    """Indices of `scores` from best to worst, tied scores in the order torch.sort puts them (the sort
+    torchvision's nms runs; it is not stable, and NMS keeps the first of two tied overlapping boxes)."""
+    scores = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))
+    return torch.sort(scores, descending=True).indices.numpy()
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Indices of the boxes kept by greedy non-maximum suppression, best score first, by the rules of
+    torchvision.ops.batched_nms on one image: float32, areas (x2 - x1) * (y2 - y1), a box goes when
+    its intersection over union with a kept one exceeds `threshold`."""
+    boxes = np.asarray(boxes, dtype=np.float32)
+    x1, y1, x2, y2 = (boxes[:, k] for k in range(4))
+    areas = (x2 - x1) * (y2 - y1)
+    order = score_order(scores)
+    keep = []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        while order.size:
+            best, rest = order[0], order[1:]
+            keep.append(best)
+            overlap_w = np.maximum(np.float32(0), np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]))
+            overlap_h = np.maximum(np.float32(0), np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]))
+            inter = overlap_w * overlap_h
+            iou = inter / (areas[best] + areas[rest] - inter)
+            order = rest[~(iou.astype(np.float64) > threshold)]  # compared in double, a NaN kept: as torchvision
+    keep = np.asarray(keep, dtype=np.int64)
+    if len(boxes) > VANILLA_NMS_ABOVE:
+        keep = np.sort(keep)
+        keep = keep[score_order(np.asarray(scores)[keep])]
+    return keep
+
+
+def nms_min(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """The last NMS of the cascade, by the rules of the original MTCNN code that facenet-pytorch keeps
+    for it ("Min"): the overlap is the intersection over the smaller area, areas count pixels
+    inclusively ((x2 - x1 + 1) * (y2 - y1 + 1)), a box stays while its overlap with every kept one is
+    <= `threshold` (float32); boxes are taken from the end of numpy's ascending argsort."""
+    boxes = np.asarray(boxes, dtype=np.float32)
     x1, y1, x2, y2 = (boxes[:, k] for k in range(4))
     areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = np.argsort(-scores, kind="stable")
+    order = np.argsort(np.asarray(scores, dtype=np.float32))
     keep = []
-    while order.size:
-        best, rest = order[0], order[1:]
-        keep.append(best)
-        overlap_w = np.maximum(0.0, np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]) + 1)
-        overlap_h = np.maximum(0.0, np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]) + 1)
-        inter = overlap_w * overlap_h
-        base = np.minimum(areas[best], areas[rest]) if mode == "min" else areas[best] + areas[rest] - inter
-        order = rest[inter / base <= threshold]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        while order.size:
+            best, rest = order[-1], order[:-1]
+            keep.append(best)
+            overlap_w = np.maximum(np.float32(0), np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]) + 1)
+            overlap_h = np.maximum(np.float32(0), np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]) + 1)
+            overlap = overlap_w * overlap_h / np.minimum(areas[best], areas[rest])
+            order = rest[overlap <= np.float32(threshold)]
     return np.asarray(keep, dtype=np.int64)
 
 
-def grouped_nms(boxes, scores, groups, threshold: float, mode: str = "union") -> np.ndarray:
-    """nms within each group (pyramid level) separately; indices into the inputs, best score first."""
-    kept = [np.flatnonzero(groups == g)[nms(boxes[groups == g], scores[groups == g], threshold, mode)]
-            for g in np.unique(groups)]
-    kept = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
-    return kept[np.argsort(-scores[kept], kind="stable")]
-
-
 def regress(boxes: np.ndarray, offsets: np.ndarray, inclusive: bool = True) -> np.ndarray:
-    """Boxes moved by offsets in units of their width and height: counted inclusively (+1) for R-Net's
-    and O-Net's offsets, as a plain difference for P-Net's, as the reference computes them."""
-    extra = 1.0 if inclusive else 0.0
-    size = np.stack([boxes[:, 2] - boxes[:, 0] + extra, boxes[:, 3] - boxes[:, 1] + extra], axis=1)
-    return boxes + offsets * np.tile(size, 2)
+    """Boxes moved by offsets in units of their width and height (float32): counted inclusively (+1)
+    for R-Net's and O-Net's offsets, as a plain difference for P-Net's, as the reference computes them."""
+    width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    if inclusive:
+        width, height = width + 1, height + 1
+    return (boxes + offsets * np.stack([width, height, width, height], axis=1)).astype(np.float32)
 
 
 def square(boxes: np.ndarray) -> np.ndarray:
-    """Each box widened to a square of side max(width, height) about the same centre."""
+    """Each box widened to a square of side max(width, height) about the same centre (float32, in the
+    reference's order: x1 + w / 2 - side / 2, then x1 + side)."""
     width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     side = np.maximum(width, height)
-    x1 = boxes[:, 0] + (width - side) / 2
-    y1 = boxes[:, 1] + (height - side) / 2
-    return np.stack([x1, y1, x1 + side, y1 + side], axis=1)
+    x1 = boxes[:, 0] + width * 0.5 - side * 0.5
+    y1 = boxes[:, 1] + height * 0.5 - side * 0.5
+    return np.stack([x1, y1, x1 + side, y1 + side], axis=1).astype(np.float32)
+
+
+def crop_regions(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(starts [K, 2] x, y; lengths [K, 2] width, height) of the pixels cropped for each box: its
+    corners truncated and clipped to the image, columns max(trunc(x1), 1) - 1 .. min(trunc(x2), width)
+    - 1 inclusive, rows alike. A length <= 0 means that the box holds no pixel of the image."""
+    corners = np.trunc(boxes[:, :4]).astype(np.int64)
+    first = np.maximum(corners[:, :2], 1)
+    last = np.minimum(corners[:, 2:], [width, height])
+    return first - 1, last - first + 1
 
 
 def crop_bins(starts: np.ndarray, lengths: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -136,7 +201,7 @@ class Detector:
     def __init__(self, device="cpu", weights_folder=None):
         self.device = torch.device(device)
         # channels_last: PyTorch's CPU pooling and convolution kernels for these small nets are several
-        # times faster on it (tools/benchmark_detect.py times the detector).
+        # times faster on it (tools/bench/benchmark_detect.py times the detector).
         self.pnet, self.rnet, self.onet = (net.to(self.device, memory_format=torch.channels_last)
                                            for net in load_nets(weights_folder))
 
@@ -149,7 +214,7 @@ class Detector:
         boxes, scores = self._propose(table, min_face_size, factor, thresholds[0])
         if len(boxes):
             boxes, scores = self._refine(table, boxes, thresholds[1])
-        landmarks = np.zeros((0, 5, 2))
+        landmarks = np.zeros((0, 5, 2), dtype=np.float32)
         if len(boxes):
             boxes, scores, landmarks = self._output(table, boxes, thresholds[2])
         return boxes.astype(np.float32), scores.astype(np.float32), landmarks.astype(np.float32)
@@ -159,34 +224,37 @@ class Detector:
         height, width = table.shape[0] - 1, table.shape[1] - 1
         scales = pyramid_scales(height, width, min_face_size, factor)
         if not scales:
-            return np.zeros((0, 4)), np.zeros(0)
+            return np.zeros((0, 4), dtype=np.float32), np.zeros(0, dtype=np.float32)
         sizes = [level_size(height, width, s) for s in scales]
         offsets, canvas_size = pack_levels(sizes)
         canvas = torch.zeros((*canvas_size, 3), device=self.device)
-        cell_rows, cell_cols = (canvas_size[0] - CELL) // STRIDE + 1, (canvas_size[1] - CELL) // STRIDE + 1
+        cell_rows, cell_cols = level_cells(*canvas_size)
         level_of_cell = torch.full((cell_rows, cell_cols), -1, dtype=torch.long, device=self.device)
         whole = np.array([[0, 0]]), np.array([[width, height]])
         for level, ((top, left), (level_h, level_w)) in enumerate(zip(offsets, sizes)):
             resized = area_resample(table, *whole, (level_h, level_w))[0]
             canvas[top:top + level_h, left:left + level_w] = (resized - 127.5) * 0.0078125
-            # Cells whose whole window lies inside this level.
-            level_of_cell[top // 2:(top + level_h - CELL) // 2 + 1, left // 2:(left + level_w - CELL) // 2 + 1] = level
-        offsets_map, probability = self.pnet(canvas.permute(2, 0, 1)[None])
+            rows, cols = level_cells(level_h, level_w)
+            level_of_cell[top // 2:top // 2 + rows, left // 2:left // 2 + cols] = level
+        offsets_map, probability = self.pnet(canvas.permute(2, 0, 1)[None], past_odd_sides(offsets, sizes))
         hits = torch.nonzero((probability[0] >= threshold) & (level_of_cell >= 0))
         rows, cols = hits[:, 0], hits[:, 1]
-        found_scores = probability[0, rows, cols].double().cpu().numpy()
-        found_offsets = offsets_map[0, :, rows, cols].T.double().cpu().numpy()
+        found_scores = probability[0, rows, cols].float().cpu().numpy()
+        found_offsets = offsets_map[0, :, rows, cols].T.float().cpu().numpy()
         levels = level_of_cell[rows, cols].cpu().numpy()
         rows, cols = rows.cpu().numpy(), cols.cpu().numpy()
-        boxes = np.zeros((len(levels), 4))
+        # Level by level, each in row-major order, as the reference meets them; per-level NMS, its
+        # survivors in that order, then NMS across levels.
+        boxes, picks = np.zeros((len(levels), 4), dtype=np.float32), []
         for level in np.unique(levels):
-            at = levels == level
+            at = np.flatnonzero(levels == level)
             top, left = offsets[level]
             boxes[at] = window_boxes(rows[at] - top // 2, cols[at] - left // 2, scales[level])
-        keep = grouped_nms(boxes, found_scores, levels, 0.5)
-        keep = keep[nms(boxes[keep], found_scores[keep], 0.7)]
-        boxes = regress(boxes[keep], found_offsets[keep], inclusive=False)
-        return square(boxes), found_scores[keep]
+            picks.append(at[nms(boxes[at], found_scores[at], 0.5)])
+        picks = np.concatenate(picks) if picks else np.zeros(0, dtype=np.int64)
+        picks = picks[nms(boxes[picks], found_scores[picks], 0.7)]
+        boxes = regress(boxes[picks], found_offsets[picks], inclusive=False)
+        return square(boxes), found_scores[picks]
 
     def _refine(self, table, boxes, threshold):
         """Stage 2: the R-Net survivors, regressed and squared."""
@@ -206,20 +274,24 @@ class Detector:
         landmarks = np.stack([width * points[:, :5] + boxes[:, 0:1] - 1,
                               height * points[:, 5:] + boxes[:, 1:2] - 1], axis=2)
         boxes = regress(boxes, offsets)
-        keep = nms(boxes, scores, 0.7, mode="min")
+        keep = nms_min(boxes, scores, 0.7)
         return boxes[keep], scores[keep], landmarks[keep]
 
     def _run(self, net, table, boxes, size):
-        """The outputs of `net` (numpy float64, scores last) on the `size`x`size` crops of `boxes`.
-        A box whose truncated corners hold no pixel gets a one-pixel crop, so none is dropped."""
-        starts = np.trunc(boxes[:, :2]).astype(np.int64) - 1
-        lengths = np.maximum(np.trunc(boxes[:, 2:]).astype(np.int64) - starts, 1)
+        """The outputs of `net` (numpy float32, scores last) on the `size`x`size` crops of `boxes`. A box
+        that holds no pixel of the image scores 0 (the reference would fail on it)."""
+        starts, lengths = crop_regions(boxes, table.shape[0] - 1, table.shape[1] - 1)
+        inside = np.flatnonzero((lengths > 0).all(axis=1))
         outputs = []
-        for first in range(0, len(boxes), REFINE_BATCH):
-            part = slice(first, first + REFINE_BATCH)
+        for first in range(0, len(inside), REFINE_BATCH):
+            part = inside[first:first + REFINE_BATCH]
             crops = area_resample(table, starts[part], lengths[part], (size, size))
-            outputs.append([o.double().cpu().numpy() for o in net(((crops - 127.5) * 0.0078125).permute(0, 3, 1, 2))])
-        return [np.concatenate(column) for column in zip(*outputs)]
+            outputs.append([o.float().cpu().numpy() for o in net(((crops - 127.5) * 0.0078125).permute(0, 3, 1, 2))])
+        widths = (4, 10, 1) if net is self.onet else (4, 1)
+        results = [np.zeros((len(boxes), w), dtype=np.float32) for w in widths]
+        for result, column in zip(results, zip(*outputs)):
+            result[inside] = np.concatenate(column).reshape(len(inside), -1)
+        return [r if r.shape[1] > 1 else r[:, 0] for r in results]
 
 
 def summed_area_table(image: np.ndarray, device) -> torch.Tensor:
@@ -241,11 +313,14 @@ def cumulative_sums(pixels: torch.Tensor, dtype) -> torch.Tensor:
 def area_resample(table: torch.Tensor, starts: np.ndarray, lengths: np.ndarray, size) -> torch.Tensor:
     """float32 [K, rows, cols, 3]: the regions at (x, y) = `starts`, (width, height) = `lengths` (numpy
     int [K, 2]) of the image summed in `table`, each averaged over its area bins down (or up) to `size`
-    (rows, cols); pixels outside the image count as zeros."""
+    (rows, cols), bit for bit what torch's area interpolation gives on the image as float32 while a bin
+    sums to less than 2^24 (its float32 sums are exact up to there); pixels outside the image count
+    as zeros."""
     table_rows, table_cols = table.shape[:2]
     y0, y1 = crop_bins(starts[:, 1], lengths[:, 1], size[0])
     x0, x1 = crop_bins(starts[:, 0], lengths[:, 0], size[1])
-    area = torch.from_numpy(((y1 - y0)[:, :, None] * (x1 - x0)[:, None, :]).astype(np.float32))
+    bin_rows = torch.from_numpy((y1 - y0).astype(np.float32)).to(table.device)[:, :, None, None]
+    bin_cols = torch.from_numpy((x1 - x0).astype(np.float32)).to(table.device)[:, None, :, None]
     # Clamping to the table's edge is what makes outside pixels zero. One flat index per corner:
     # index_select on a [N, 3] view is much faster than indexing [H, W, 3] with two broadcast indices.
     y0, y1 = (np.clip(y, 0, table_rows - 1) * table_cols for y in (y0, y1))
@@ -256,7 +331,8 @@ def area_resample(table: torch.Tensor, starts: np.ndarray, lengths: np.ndarray, 
         index = torch.from_numpy((rows[:, :, None] + cols[:, None, :]).ravel()).to(table.device)
         return flat.index_select(0, index)
     sums = corner(y1, x1) - corner(y0, x1) - corner(y1, x0) + corner(y0, x0)
-    return sums.view(*area.shape, 3).float() / area.to(table.device)[..., None]
+    # Divided by the bin's rows, then by its columns: the two roundings torch's kernel makes.
+    return sums.view(len(starts), size[0], size[1], 3).float() / bin_rows / bin_cols
 
 
 def _check_image(image) -> np.ndarray:

@@ -7,6 +7,8 @@ and nowhere else. (The old repository fed BGR into its networks; weights trained
 import cv2
 import numpy as np
 
+from runtime.errors import UnknownName
+
 from .errors import DataFormatError
 
 IMAGE_SIZE = (112, 112)  # (height, width) of the aligned crops every public face pack ships
@@ -51,7 +53,7 @@ def encode_image(image: np.ndarray, quality: int = 95, fmt: str = ".jpg") -> byt
 
 def check_size_policy(policy: str) -> None:
     if policy not in SIZE_POLICIES:
-        raise ValueError(f"on_size_mismatch={policy!r}; valid: {', '.join(SIZE_POLICIES)}")
+        raise UnknownName("size policy (on_size_mismatch)", policy, SIZE_POLICIES)
 
 
 def payload_extension(payload: bytes) -> str:
@@ -69,4 +71,4 @@ def check_size(image: np.ndarray, policy: str, path, where: str,
     if policy == "error":
         raise DataFormatError(path, f"image is {image.shape[0]}x{image.shape[1]}, expected "
                                     f"{size[0]}x{size[1]} (pass on_size_mismatch='resize' to resize)", where)
-    raise ValueError(f"unknown size policy {policy!r}; valid: {', '.join(SIZE_POLICIES)}")
+    raise UnknownName("size policy (on_size_mismatch)", policy, SIZE_POLICIES)

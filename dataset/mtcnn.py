@@ -17,6 +17,8 @@ import os
 import torch
 from torch import nn
 
+from runtime.artifacts import load_torch_file
+
 from .errors import DataFormatError
 
 WEIGHT_FILES = ("pnet.pt", "rnet.pt", "onet.pt")
@@ -33,7 +35,7 @@ def _pool(x: torch.Tensor, kernel: int) -> torch.Tensor:
 
 class PNet(nn.Module):
     """[N, 3, H, W] -> (box offsets [N, 4, h, w], face probability [N, h, w]) with h = ceil((H-2)/2) - 4:
-    one output cell per 12x12 window at stride 2."""
+    one output cell per 12x12 window at stride 2 (the last one reaching a pixel past an odd side)."""
 
     def __init__(self):
         super().__init__()
@@ -43,10 +45,26 @@ class PNet(nn.Module):
         self.conv4_1 = nn.Conv2d(32, 2, 1)  # face / not-face logits
         self.conv4_2 = nn.Conv2d(32, 4, 1)  # box offsets, in units of the window's size
 
-    def forward(self, x):
-        x = _pool(self.prelu1(self.conv1(x)), 2)
+    def forward(self, x, outside=()):
+        """`outside`: (row, end row, column, end column) rectangles of conv1's output that the first
+        max-pool must not see, as if the image ended there. With several images packed on one canvas
+        (dataset/detect.py packs the pyramid so), the row and column just past each odd side are
+        those, and each image then pools as it would alone."""
+        x = self.prelu1(self.conv1(x))
+        if len(outside):
+            below = self._below_conv1()
+            for row, end_row, col, end_col in outside:
+                x[:, :, row:end_row, col:end_col] = below
+        x = _pool(x, 2)
         x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
         return self.conv4_2(x), torch.softmax(self.conv4_1(x), dim=1)[:, 1]
+
+    def _below_conv1(self) -> float:
+        """A value under every prelu1(conv1(x)) for inputs in [-1, 1] (P-Net's normalised pixels), so a
+        max-pool never picks it where a real output is in its window. Finite, unlike -inf, whose
+        products in conv2 would fill the cells outside every image with NaN."""
+        bound = (self.conv1.weight.abs().sum(dim=(1, 2, 3)) + self.conv1.bias.abs()).max()
+        return -float(bound * max(1.0, float(self.prelu1.weight.abs().max()))) - 1.0
 
 
 class RNet(nn.Module):
@@ -110,9 +128,8 @@ def load_nets(folder: str | None = None) -> tuple[PNet, RNet, ONet]:
         if not os.path.isfile(path):
             raise DataFormatError(path, f"MTCNN weights not found: {INSTALL_HINT}")
         try:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-            net.load_state_dict(state_dict, strict=True)
-        except Exception as error:  # torch.load and load_state_dict raise many types for a foreign file
+            net.load_state_dict(load_torch_file(path), strict=True)
+        except Exception as error:  # a foreign file: ArtifactError, or one of the many types load_state_dict raises
             first_line = (str(error).strip().splitlines() or [""])[0]
             raise DataFormatError(path, f"not the MTCNN {name[:4]} state dict ({type(error).__name__}: "
                                         f"{first_line}); {INSTALL_HINT}") from None

@@ -28,6 +28,8 @@ from collections.abc import Iterable
 import numpy as np
 from tqdm import tqdm
 
+from runtime.artifacts import commit, partial_path
+
 from .errors import DataFormatError
 from .image_codec import IMAGE_SIZE, check_size, check_size_policy, decode_image, encode_image
 
@@ -339,7 +341,7 @@ def write_record_pack(out_dir, samples: Iterable[tuple[np.ndarray | bytes, int]]
     """
     os.makedirs(out_dir, exist_ok=True)
     final = [os.path.join(out_dir, name) for name in ("train.rec", "train.idx", "property")]
-    temporary = [name + ".partial" for name in final]
+    temporary = [partial_path(name) for name in final]
     try:
         ranges: dict[int, list[int]] = {}
         contiguous = True
@@ -378,5 +380,5 @@ def write_record_pack(out_dir, samples: Iterable[tuple[np.ndarray | bytes, int]]
                 os.remove(name)
         raise
     for source, target in zip(temporary, final):
-        os.replace(source, target)
+        commit(source, target)
     return count

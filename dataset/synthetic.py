@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from runtime.errors import UnknownName
+
 from .synthetic_face import IMAGE_SIZE, draw_face, ellipse, face_landmarks, identity_traits
 
 DEFAULT_DIFFICULTY = 0.5
@@ -91,7 +93,7 @@ class SyntheticFaces:
         """(the image ``render`` gives, float64 [5, 2] where its left eye, right eye, nose tip and
         left and right mouth corner are, x then y in pixels, after the pose and scale nuisance)."""
         if variant not in VARIANTS:
-            raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
+            raise UnknownName("variant", variant, sorted(VARIANTS))
         if identity < 0 or index < 0:
             raise ValueError(f"identity and index must be non-negative, got {identity}, {index}")
         spec, d, n = VARIANTS[variant], self.difficulty, _NUISANCE
@@ -186,7 +188,7 @@ def plan_pairs(kind: str, num_pairs: int, first_identity: int, num_identities: i
     num_identities - 1`` in the real sets' layout: 10 folds of ``num_pairs / 10`` pairs, each
     fold its matched half first, then its unmatched half."""
     if kind not in PAIR_KINDS:
-        raise ValueError(f"unknown pair kind {kind!r}; choose one of {sorted(PAIR_KINDS)}")
+        raise UnknownName("pair kind", kind, sorted(PAIR_KINDS))
     if num_pairs <= 0 or num_pairs % (2 * VERIFICATION_FOLDS):
         raise ValueError(f"num_pairs must be a positive multiple of {2 * VERIFICATION_FOLDS} "
                          f"(10 folds, each half matched), got {num_pairs}")

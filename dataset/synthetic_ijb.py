@@ -1,5 +1,5 @@
 """A synthetic IJB-B / IJB-C release tree, in the layout of insightface's IJB_release (read by
-evaluation/ijb_meta.py), with loose crops rendered from synthetic identities so that eval_ijb.py
+evaluation/ijb/meta.py), with loose crops rendered from synthetic identities so that eval_ijb.py
 runs end to end on it.
 
 Each subject has one gallery template (stills, sometimes a video of several frames) in the first
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from runtime.errors import UnknownName
 
 from .image_codec import encode_image
 from .synthetic import DEFAULT_DIFFICULTY, SyntheticFaces
@@ -111,7 +113,7 @@ def write_synthetic_ijb(root, set_name: str = "ijbc", subjects: int = 6, probes_
                         images: bool = True) -> SyntheticIJB:
     """Write ROOT/meta/* and (with `images`) ROOT/loose_crop/*.jpg; returns the plan."""
     if set_name not in GALLERY_NAMES:
-        raise ValueError(f"set {set_name!r} is unknown; valid: {', '.join(GALLERY_NAMES)}")
+        raise UnknownName("IJB set", set_name, GALLERY_NAMES)
     plan = plan_synthetic_ijb(subjects, probes_per_subject, unenrolled_subjects, seed)
     meta, crops = os.path.join(root, "meta"), os.path.join(root, "loose_crop")
     os.makedirs(meta, exist_ok=True)

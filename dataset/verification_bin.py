@@ -16,6 +16,8 @@ from functools import partial
 import numpy as np
 from tqdm import tqdm
 
+from runtime.artifacts import atomic_file
+
 from .errors import DataFormatError
 from .image_codec import decode_image, encode_image
 from .image_sequence import ImageSequence
@@ -118,7 +120,5 @@ def write_bin(path, images: np.ndarray, issame, quality: int = 95) -> None:
     if len(images) != 2 * len(issame):
         raise ValueError(f"{len(images)} images for {len(issame)} pairs; need exactly 2 per pair")
     bins = [encode_image(np.ascontiguousarray(image), quality) for image in images]
-    temporary = os.fspath(path) + ".partial"
-    with open(temporary, "wb") as handle:
+    with atomic_file(path) as handle:
         pickle.dump((bins, issame), handle, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(temporary, path)

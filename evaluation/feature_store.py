@@ -35,7 +35,7 @@ import sys
 
 import numpy as np
 
-from runtime import DataFormatError, l2_normalize, listed
+from runtime import DataFormatError, UnknownName, atomic_file, l2_normalize, listed
 
 from .features import extract_embeddings
 
@@ -55,7 +55,7 @@ class Embedder:
     def __init__(self, model, dim: int, device, *, layout: str = "normalized_sum", flip: bool = True,
                  precision: str = "fp32", batch_size: int = 256):
         if layout not in LAYOUTS:
-            raise ValueError(f"layout {layout!r} is unknown; valid: {', '.join(LAYOUTS)}")
+            raise UnknownName("feature layout", layout, LAYOUTS)
         self.model, self.dim, self.device = model, dim, device
         self.layout, self.flip, self.precision, self.batch_size = layout, flip, precision, batch_size
         self.outputs = ("features", "features_flip") if layout == "separate" and flip else ("features",)
@@ -145,10 +145,8 @@ class FeatureStore:
         return array
 
     def _write_progress(self) -> None:
-        temporary = f"{self.progress_path}.partial"
-        with open(temporary, "w", encoding="utf-8") as handle:
+        with atomic_file(self.progress_path, "w") as handle:
             json.dump({"run": self.identity, "done": sorted(self.done), "complete": self.complete}, handle, indent=1)
-        os.replace(temporary, self.progress_path)
 
     def fill(self, images, embed, max_new_chunks: int | None = None) -> int:
         """Compute the chunks the store lacks, at most `max_new_chunks` of them; the number computed."""

@@ -1,31 +1,11 @@
-"""Features .npz files read back: every missing, unreadable or malformed array is a DataFormatError
-naming the file and the array."""
+"""The arrays of a features .npz checked once read (runtime.artifacts.open_npz reads it): every
+malformed array is a DataFormatError naming the file and the array."""
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 
 from runtime import DataFormatError
-
-
-def open_npz(path, required: tuple, optional: tuple = ()) -> dict:
-    """{key: array} of an .npz holding every `required` key (and whichever `optional` ones it has)."""
-    if not os.path.isfile(path):
-        raise DataFormatError(path, "features file not found")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            keys = set(archive.files)
-            missing = [key for key in required if key not in keys]
-            if missing:
-                raise DataFormatError(path, f"no array {', '.join(missing)} in the archive (it holds "
-                                            f"{', '.join(sorted(keys)) or 'nothing'}; needed: {', '.join(required)})")
-            return {key: archive[key] for key in required + optional if key in keys}
-    except DataFormatError:
-        raise
-    except Exception as error:  # np.load raises several types for non-zip or damaged files
-        raise DataFormatError(path, f"not a readable .npz archive ({type(error).__name__}: {error})") from None
 
 
 def check_float_matrix(path, key, array, rows: int | None = None) -> np.ndarray:

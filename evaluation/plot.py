@@ -10,7 +10,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .verification import RocCurve, VerificationResult
+from runtime import atomic_file
+
+from .thresholds import RocCurve
 
 
 @contextmanager
@@ -30,14 +32,15 @@ def figure_axes(path, title: str, xlabel: str, ylabel: str, log_x: bool = False,
     if axes.get_legend_handles_labels()[0]:
         axes.legend(loc="lower right", fontsize=legend_size)
     figure.tight_layout()
-    figure.savefig(path, format="png")
+    with atomic_file(path) as handle:  # whole or not at all, its folder made if needed
+        figure.savefig(handle, format="png")
 
 
 def _as_curve(item) -> tuple[RocCurve, str]:
-    if isinstance(item, VerificationResult):
-        return item.roc, f"{item.protocol} (accuracy {100 * item.accuracy_mean:.2f}%)"
     if isinstance(item, RocCurve):
         return item, "ROC"
+    if isinstance(getattr(item, "roc", None), RocCurve) and hasattr(item, "accuracy_mean"):  # a VerificationResult
+        return item.roc, f"{item.protocol} (accuracy {100 * item.accuracy_mean:.2f}%)"
     raise TypeError(f"cannot plot a {type(item).__name__}: give VerificationResult or RocCurve objects")
 
 
@@ -61,7 +64,8 @@ def save_roc_png(result_or_results, path, labels=None, title: str = "ROC", min_f
             axes.plot(fpr[shown], tpr[shown], linewidth=1.5,
                       label=labels[index] if labels is not None else default_label)
             smallest = min(smallest, float(fpr[shown].min()))
-        axes.set_xlim(min_fpr if min_fpr is not None else smallest, 1.0)
+        lowest = min_fpr if min_fpr is not None else smallest
+        axes.set_xlim(lowest if lowest < 1.0 else 0.1, 1.0)  # only FAR 1 shown (a tiny set): one decade
         axes.set_ylim(0.0, 1.0)
 
 

@@ -1,5 +1,5 @@
-"""Shared pieces of the threshold-search protocols: contiguous K-fold splits and the
-"threshold at a target FAR" rule.
+"""Shared pieces of the threshold-search protocols: contiguous K-fold splits, the "threshold at a
+target FAR" rule, the ROC curve they produce (RocCurve) and how a FAR target is named (far_key).
 
 Folds follow scikit-learn's ``KFold(n_splits=K, shuffle=False)``, which insightface's
 ``verification.py`` uses: fold k is a contiguous block of items, and the first ``n % K`` folds hold
@@ -15,7 +15,21 @@ that old B-spline directly, with the same arithmetic, and never raise.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
+
+
+class RocCurve(NamedTuple):
+    """Points of a ROC: false accept rate, true accept rate, and the threshold of each point."""
+    fpr: np.ndarray
+    tpr: np.ndarray
+    thresholds: np.ndarray
+
+
+def far_key(far: float) -> str:
+    """How a FAR target is written as a JSON key and in names: 1e-3 -> "1e-3"."""
+    return f"{far:.0e}".replace("e-0", "e-")
 
 
 def kfold_bounds(n_items: int, n_folds: int) -> list[tuple[int, int]]:

@@ -14,8 +14,8 @@ import os
 import torch
 
 from backbone import build_backbone
-from evaluation.model_loading import backbone_file, read_checkpoint
-from runtime import DataFormatError, atomic_save
+from runtime import DataFormatError, UnknownName
+from runtime.artifacts import atomic_save, backbone_file, read_backbone_weights
 
 from .published_layouts import LAYOUTS
 
@@ -30,9 +30,9 @@ def listed(keys) -> str:
 
 def layout_for(source: str, arch: str):
     if source not in LAYOUTS:
-        raise ValueError(f"unknown source {source!r}; valid: {', '.join(LAYOUTS)}")
+        raise UnknownName("weight source", source, LAYOUTS)
     if arch not in LAYOUTS[source]:
-        raise ValueError(f"source {source!r} has no arch {arch!r}; valid: {', '.join(LAYOUTS[source])}")
+        raise UnknownName(f"{source} arch", arch, LAYOUTS[source])
     return LAYOUTS[source][arch]
 
 
@@ -94,9 +94,9 @@ def convert_state_dict(source: str, arch: str, published: dict, origin="the chec
 def convert_file(source: str, arch: str, in_path, out_path) -> dict:
     """Convert the published checkpoint `in_path` and write our backbone file to `out_path`;
     returns what was written."""
-    # read_checkpoint takes a plain state_dict with weights_only=True and drops a "module." prefix
+    # read_backbone_weights takes a plain state_dict with weights_only=True and drops a "module." prefix
     # (a model saved inside DataParallel).
-    published, _, _ = read_checkpoint(in_path)
+    published, _, _ = read_backbone_weights(in_path)
     embedding_size, state_dict = convert_state_dict(source, arch, published, in_path)
     content = backbone_file(arch, embedding_size, state_dict, config={
         "converted_from": {"source": source, "file": os.path.basename(str(in_path))}})

@@ -6,17 +6,29 @@
 - TorchScript (`torch.jit.trace`, saved with `torch.jit.save`): the same function, loadable from
   C++ (`torch::jit::load`) or Python without this repository; the same description travels as the
   archive's extra file `metadata.json`.
+- AOTInductor (`torch.export.export` with a dynamic batch dimension, compiled by
+  `torch._inductor.aoti_compile_and_package` into a `.pt2` package): the same function as native
+  code for the CPU (or a CUDA GPU), loaded from C++ by `torch::inductor::AOTIModelPackageLoader`
+  (deploy/cpp) or from Python by `torch._inductor.aoti_load_package`. The package's metadata holds
+  the same description and the `torch_version` that wrote it: a package loads only into that
+  version of torch, which the C++ tools check before loading it.
 
 The input contract is this repository's: RGB, 112x112 aligned faces, (x/255 - 0.5)/0.5 per channel;
-the embedding is not L2-normalised (compare embeddings by cosine similarity). Both exporters used
-here are deprecated upstream in favour of torch.export but are the ones that still export every
-backbone of the registry with a dynamic batch; see `export_onnx`.
+the embedding is not L2-normalised (compare embeddings by cosine similarity). The ONNX and
+TorchScript exporters used here are deprecated upstream in favour of torch.export but are the ones
+that export every backbone of the registry with a dynamic batch and no extra package; see
+`export_onnx`.
 """
 
 import json
+import logging
+import os
 import warnings
 
 import torch
+
+from runtime import UnknownName, UsageError
+from runtime.cpu import inductor_cpp_compiler
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
@@ -35,11 +47,16 @@ OUTPUT_DESCRIPTION = ("float32 [N,D] face embeddings, not L2-normalised: L2-norm
                       "compare by cosine similarity")
 
 
-def model_metadata(backbone_name: str, embedding_size: int) -> dict[str, str]:
-    """The description stored with an export: string keys and values, as ONNX metadata needs."""
-    return {"backbone": backbone_name, "embedding_size": str(embedding_size),
-            INPUT_NAME: INPUT_DESCRIPTION, OUTPUT_NAME: OUTPUT_DESCRIPTION,
-            "producer": "face-recognition repository, tools/export.py"}
+def model_metadata(backbone_name: str, embedding_size: int, threshold: float | None = None) -> dict[str, str]:
+    """The description stored with an export: string keys and values, as ONNX metadata needs.
+    `threshold`: a verification threshold (a cosine) to store beside the network, for a deployment
+    that compares faces with it (deploy/cpp's face_compare reads it)."""
+    metadata = {"backbone": backbone_name, "embedding_size": str(embedding_size),
+                INPUT_NAME: INPUT_DESCRIPTION, OUTPUT_NAME: OUTPUT_DESCRIPTION,
+                "producer": "face-recognition repository, tools/model/export.py"}
+    if threshold is not None:
+        metadata["threshold"] = repr(float(threshold))
+    return metadata
 
 
 def doc_string(metadata: dict[str, str]) -> str:
@@ -91,35 +108,94 @@ def export_torchscript(model: torch.nn.Module, path, metadata: dict[str, str]) -
         torch.jit.save(traced, str(path), _extra_files={"metadata.json": json.dumps(metadata)})
 
 
-def onnx_runner(path):
-    """A function float32 tensor [N,3,112,112] -> tensor [N,D] that runs the file in onnxruntime."""
+def _quiet_cuda_search() -> None:
+    """Inductor imports torch's C++ extension builder, which warns on every machine without CUDA that
+    it found no CUDA runtime: noise for a CPU package."""
+    if not torch.cuda.is_available():
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
+def check_aoti_request(path, device: str) -> None:
+    """Refuse, before any work, an AOTInductor export that cannot succeed here."""
+    if not str(path).endswith(".pt2"):
+        raise UsageError(f"{path}: an AOTInductor package's name must end in .pt2")
+    if device not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device}: valid: cpu, cuda")
+    if not inductor_cpp_compiler():
+        raise UsageError("--format aoti compiles C++ and found no C++ compiler (install g++, or set CXX to one)")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA GPU is usable here; a CUDA package is compiled on a machine "
+                         "with the GPU")
+
+
+def export_aoti(model: torch.nn.Module, path, metadata: dict[str, str], device: str = "cpu") -> None:
+    """Compile `model` (eval mode, fp32) with AOTInductor into the .pt2 package `path`, for `device`
+    (cpu or cuda), with a dynamic batch axis and `metadata` plus the writing torch's version."""
+    check_aoti_request(path, device)
+    _quiet_cuda_search()
+    model = model.to(device)
+    # min=1: the package runs any batch size, 1 included; the trace batch is TRACE_BATCH (not 1),
+    # so nothing can specialise to size 1. Non-strict tracing runs the Python forward as it is
+    # (tests/test_export.py traces every family of the registry this way).
+    batch = torch.export.Dim("batch", min=1)
+    with torch.no_grad():
+        program = torch.export.export(model, (example_input(TRACE_BATCH).to(device),),
+                                      dynamic_shapes=({0: batch},), strict=False)
+    metadata = {**metadata, "torch_version": torch.__version__, "description": doc_string(metadata)}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch._inductor.aoti_compile_and_package(program, package_path=str(path),
+                                             inductor_configs={"aot_inductor.metadata": metadata})
+
+
+def onnx_runner(path, threads: int | None = None):
+    """A function float32 tensor [N,3,112,112] -> tensor [N,D] that runs the file in onnxruntime on
+    the CPU (with `threads` intra-op threads; default: onnxruntime's, one per core)."""
     import onnxruntime  # here, so that a TorchScript export needs no ONNX package
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
     if names != ([INPUT_NAME], [OUTPUT_NAME]):
         raise ValueError(f"{path}: inputs/outputs {names}, expected ([{INPUT_NAME!r}], [{OUTPUT_NAME!r}])")
     return lambda images: torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0])
 
 
-def torchscript_runner(path):
-    """A function float32 tensor [N,3,112,112] -> tensor [N,D] that runs the saved TorchScript."""
+def torchscript_runner(path, device: str = "cpu"):
+    """A function float32 tensor [N,3,112,112] -> tensor [N,D] on the CPU that runs the saved
+    TorchScript on `device`."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        loaded = torch.jit.load(str(path), map_location="cpu")
+        loaded = torch.jit.load(str(path), map_location=device)
 
     def run(images):
         # The graph as saved, without the profiling executor: it re-optimises the graph for every new
         # input shape (seconds per shape on the 50-unit nets), and on the CPU it fuses nothing
         # (torch._C._jit_can_fuse_on_cpu() is False), so the arithmetic is the same.
-        with torch.jit.optimized_execution(False):
-            return loaded(images)
+        with torch.jit.optimized_execution(False), torch.no_grad():
+            return loaded(images.to(device)).cpu()
 
     return run
 
 
-RUNNERS = {"onnx": onnx_runner, "torchscript": torchscript_runner}
+def aoti_runner(path, device: str = "cpu"):
+    """A function float32 tensor [N,3,112,112] -> tensor [N,D] on the CPU that runs the .pt2 package
+    on `device` (the one it was compiled for)."""
+    _quiet_cuda_search()
+    compiled = torch._inductor.aoti_load_package(str(path))
+
+    def run(images):
+        # The compiled code takes the input's memory as laid out at export: contiguous NCHW.
+        with torch.no_grad():
+            return compiled(images.to(device).contiguous()).cpu()
+
+    return run
+
+
+RUNNERS = {"onnx": onnx_runner, "torchscript": torchscript_runner, "aoti": aoti_runner}
 FORMATS = tuple(RUNNERS)
+DEVICE_FORMATS = ("aoti",)  # the formats that can be compiled for a CUDA GPU (--device cuda)
 
 
 def within_tolerance(difference: float, scale: float) -> bool:
@@ -129,14 +205,16 @@ def within_tolerance(difference: float, scale: float) -> bool:
 
 
 @torch.no_grad()
-def check_export(model: torch.nn.Module, runner, batch_sizes=(1, 4)) -> dict[int, tuple[float, float]]:
+def check_export(model: torch.nn.Module, runner, batch_sizes=(1, 7)) -> dict[int, tuple[float, float]]:
     """{batch size: (max |export - model|, max |model output|)} on random inputs; also checks the
-    output's shape."""
+    output's shape. `model` runs on its own device; `runner` takes and returns CPU tensors."""
+    device = next(model.parameters()).device
     differences = {}
     for batch_size in batch_sizes:
         images = example_input(batch_size, seed=batch_size)
-        expected = model(images)
-        actual = runner(images)
+        with _full_fp32(device):
+            expected = model(images.to(device)).cpu()
+            actual = runner(images)
         if tuple(actual.shape) != tuple(expected.shape):
             raise ValueError(f"export returned shape {tuple(actual.shape)} for batch {batch_size}, "
                              f"PyTorch {tuple(expected.shape)}")
@@ -144,16 +222,43 @@ def check_export(model: torch.nn.Module, runner, batch_sizes=(1, 4)) -> dict[int
     return differences
 
 
+class _full_fp32:
+    """On a CUDA GPU, float32 convolutions and matrix products in full precision while checking
+    (PyTorch lets cuDNN use TF32 by default, which no tolerance of 1e-4 survives); a no-op on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __enter__(self):
+        if self.cuda:
+            self.saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = self.saved
+
+
 def export_and_check(model: torch.nn.Module, backbone_name: str, embedding_size: int, format_name: str,
-                     path, opset: int = DEFAULT_OPSET, batch_sizes=(1, 4)) -> dict[int, tuple[float, float]]:
-    """Export `model` to `path` in `format_name` (a key of FORMATS) and return check_export's
-    differences, measured on the written file."""
+                     path, opset: int = DEFAULT_OPSET, batch_sizes=(1, 7), device: str = "cpu",
+                     threshold: float | None = None) -> dict[int, tuple[float, float]]:
+    """Export `model` to `path` in `format_name` (a key of FORMATS) for `device` (cuda only for the
+    DEVICE_FORMATS) and return check_export's differences, measured on the written file."""
     if format_name not in FORMATS:
-        raise ValueError(f"format={format_name!r}; valid: {', '.join(FORMATS)}")
+        raise UnknownName("export format", format_name, FORMATS)
+    if device != "cpu" and format_name not in DEVICE_FORMATS:
+        raise UsageError(f"--device {device}: {format_name} exports run on any device; only "
+                         f"{', '.join(DEVICE_FORMATS)} compiles for one (use --device cpu)")
     model = model.float().eval()
-    metadata = model_metadata(backbone_name, embedding_size)
+    metadata = model_metadata(backbone_name, embedding_size, threshold)
     if format_name == "onnx":
         export_onnx(model, path, metadata, opset)
-    else:
+        runner = onnx_runner(path)
+    elif format_name == "torchscript":
         export_torchscript(model, path, metadata)
-    return check_export(model, RUNNERS[format_name](path), batch_sizes)
+        runner = torchscript_runner(path)
+    else:
+        export_aoti(model, path, metadata, device)
+        model = model.to(device)
+        runner = aoti_runner(path, device)
+    return check_export(model, runner, batch_sizes)

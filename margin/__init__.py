@@ -24,6 +24,8 @@ from margin.base import MarginHead
 from margin.center_loss import AUX_LOSSES, AgentCenterLoss, CenterLoss
 from margin.softmax import SoftmaxHead
 from margin.sphereface import SphereFaceHead
+from margin.subcenter import SubCenterArcFaceHead, angles_to_dominant, dominant_subcentres
+from runtime.errors import UnknownName
 
 MARGINS = {
     "softmax": SoftmaxHead,
@@ -34,6 +36,7 @@ MARGINS = {
     "curricularface": CurricularFaceHead,
     "adaface": AdaFaceHead,
     "magface": MagFaceHead,
+    "subcenter_arcface": SubCenterArcFaceHead,
 }
 
 
@@ -50,21 +53,29 @@ def hyperparameter_value(name: str, value, kind: type):
 
 def _build(registry: dict, kind: str, name: str, args: tuple, hyper: dict) -> nn.Module:
     if name not in registry:
-        raise ValueError(f"unknown {kind} {name!r}; valid names: {', '.join(sorted(registry))}")
+        raise UnknownName(kind, name, sorted(registry))
     declared = registry[name].HYPERPARAMETERS
     unknown = sorted(set(hyper) - set(declared))
     if unknown:
-        raise ValueError(
-            f"unknown hyperparameter(s) {', '.join(unknown)} for {kind} {name!r}; "
-            f"valid: {', '.join(declared) if declared else '(none)'}"
-        )
+        raise UnknownName(f"{name} hyperparameter", unknown[0], declared)
     return registry[name](*args, **{key: hyperparameter_value(key, value, declared[key])
                                     for key, value in hyper.items()})
 
 
-def build_margin(name: str, embedding_size: int, num_classes: int, **hyper) -> MarginHead:
-    """Build the head registered as ``name`` in ``MARGINS`` with the given hyperparameters."""
-    return _build(MARGINS, "margin", name, (embedding_size, num_classes), hyper)
+def build_margin(name: str, embedding_size: int, num_classes: int, interclass_filtering_threshold: float = 0.0,
+                 **hyper) -> MarginHead:
+    """Build the head registered as ``name`` in ``MARGINS`` with the given hyperparameters.
+
+    ``interclass_filtering_threshold`` (arcface_torch's, any cosine head): non-target cosines above
+    it count as 0 (``margin.base.filter_interclass``); 0 = off."""
+    head = _build(MARGINS, "head", name, (embedding_size, num_classes), hyper)
+    if interclass_filtering_threshold:
+        if not head.cosine_margin:
+            raise ValueError(f"interclass_filtering_threshold needs a cosine head; {name!r} is not one")
+        if not (isinstance(interclass_filtering_threshold, (int, float)) and 0 < interclass_filtering_threshold < 1):
+            raise ValueError(f"interclass_filtering_threshold must lie in [0, 1), got {interclass_filtering_threshold!r}")
+        head.interclass_filtering_threshold = float(interclass_filtering_threshold)
+    return head
 
 
 def build_aux_loss(name: str, num_classes: int, embedding_size: int, **hyper) -> nn.Module:
@@ -86,7 +97,10 @@ __all__ = [
     "MarginHead",
     "SoftmaxHead",
     "SphereFaceHead",
+    "SubCenterArcFaceHead",
+    "angles_to_dominant",
     "build_aux_loss",
     "build_margin",
+    "dominant_subcentres",
     "hyperparameter_value",
 ]

@@ -143,23 +143,18 @@ class AdaFaceHead(MarginHead):
         self.register_buffer("norm_std", torch.tensor(100.0))
 
     @torch.no_grad()
-    def update_statistics(self, norms: torch.Tensor) -> None:
-        """Fold the batch mean and standard deviation of the (clipped) feature norms into the EMAs."""
+    def update_statistics(self, cos, labels, norms, target_cos, split) -> None:
+        """Fold the mean and standard deviation of the (clipped) feature norms of the global batch into the EMAs."""
+        if split is not None:
+            norms = split.all_rows(norms)
         safe_norms = at_least_fp32(norms).clamp(*ADAFACE_NORM_RANGE)
         if safe_norms.numel() > 0:
             self.norm_mean.lerp_(safe_norms.mean().to(self.norm_mean.dtype), self.momentum)
         if safe_norms.numel() > 1:
             self.norm_std.lerp_(safe_norms.std().to(self.norm_std.dtype), self.momentum)
 
-    def margin_logits(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
+    def margin_logits(self, cos, labels, norms=None, target_cos=None) -> torch.Tensor:
         return adaface_logits(cos, norms, labels, self.s, self.m, self.h, self.norm_mean, self.norm_std)
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        cos = self.cosine(embeddings)
-        norms = torch.linalg.vector_norm(at_least_fp32(embeddings), dim=1)
-        if self.training:
-            self.update_statistics(norms)
-        return self.margin_logits(cos, labels, norms)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, s={self.s}, m={self.m}, h={self.h}, momentum={self.momentum}"
@@ -220,13 +215,8 @@ class MagFaceHead(MarginHead):
                 stacklevel=2,
             )
 
-    def margin_logits(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
+    def margin_logits(self, cos, labels, norms=None, target_cos=None) -> torch.Tensor:
         return magface_logits(cos, norms, labels, self.s, self.l_a, self.u_a, self.l_m, self.u_m, self.easy_margin)
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        cos = self.cosine(embeddings)
-        norms = torch.linalg.vector_norm(at_least_fp32(embeddings), dim=1)
-        return self.margin_logits(cos, labels, norms)
 
     def regularizer(self, embeddings: torch.Tensor) -> torch.Tensor:
         """lambda_g * mean(1/a + a/u_a^2), a = ||x|| clamped to [l_a, u_a] as in the authors' code."""

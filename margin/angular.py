@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from runtime.errors import UnknownName
+
 from margin.base import (
     MarginHead,
     angular_margin_target,
@@ -36,6 +38,24 @@ def cosface_logits(cos: torch.Tensor, labels: torch.Tensor, s: float, m: float) 
     return scatter_target(s * cos, columns, has_target, s * (target - m))
 
 
+MARGIN_GRADIENTS = ("exact", "straight_through")
+
+
+def straight_through_margin_target(
+    cos_target: torch.Tensor, m1: float, m2: float, m3: float, easy_margin: bool = False
+) -> torch.Tensor:
+    """arcface_torch's margined target: the value cos(m1*arccos(c) + m2) - m3 computed without gradient
+    (its ``CombinedMarginLoss`` applies the margin in place under ``torch.no_grad()``), so that the
+    gradient passes straight through: d(target)/d(cos) = 1, as for every other column. No continuation
+    past m1*theta + m2 = pi: the continuation only exists to keep the exact gradient from turning."""
+    with torch.no_grad():
+        cos_clamped = cos_target.clamp(-1.0, 1.0)
+        value = torch.cos(m1 * torch.acos(cos_clamped) + m2) - m3
+        if easy_margin:
+            value = torch.where(cos_clamped > 0, value, cos_clamped)
+    return value + (cos_target - cos_target.detach())
+
+
 def combined_margin_logits(
     cos: torch.Tensor,
     labels: torch.Tensor,
@@ -44,13 +64,18 @@ def combined_margin_logits(
     m2: float,
     m3: float,
     easy_margin: bool = False,
+    gradient: str = "exact",
 ) -> torch.Tensor:
-    """s*(cos(m1*theta_y + m2) - m3) at the target (continued past pi, see
-    ``angular_margin_target``), s*cos(theta_j) elsewhere."""
+    """s*(cos(m1*theta_y + m2) - m3) at the target, s*cos(theta_j) elsewhere. ``gradient`` "exact"
+    differentiates the margined target (continued past pi, see ``angular_margin_target``);
+    "straight_through" is arcface_torch's (see ``straight_through_margin_target``)."""
     check_cosine(cos, labels)
     cos = at_least_fp32(cos)
     target, has_target, columns = gather_target(cos, labels)
-    margined = angular_margin_target(target, m1, m2, m3, easy_margin)
+    if gradient == "straight_through":
+        margined = straight_through_margin_target(target, m1, m2, m3, easy_margin)
+    else:
+        margined = angular_margin_target(target, m1, m2, m3, easy_margin)
     return scatter_target(s * cos, columns, has_target, s * margined)
 
 
@@ -103,11 +128,8 @@ class CosFaceHead(MarginHead):
         check_non_negative("m", m)
         self.s, self.m = float(s), float(m)
 
-    def margin_logits(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
+    def margin_logits(self, cos, labels, norms=None, target_cos=None) -> torch.Tensor:
         return cosface_logits(cos, labels, self.s, self.m)
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.margin_logits(self.cosine(embeddings), labels)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, s={self.s}, m={self.m}"
@@ -124,7 +146,7 @@ class CombinedMarginHead(MarginHead):
     decreasing in theta; ``easy_margin=True`` instead applies the angular part only where cos > 0.
     """
 
-    HYPERPARAMETERS = {"s": float, "m1": float, "m2": float, "m3": float, "easy_margin": bool}
+    HYPERPARAMETERS = {"s": float, "m1": float, "m2": float, "m3": float, "easy_margin": bool, "gradient": str}
 
     def __init__(
         self,
@@ -135,6 +157,7 @@ class CombinedMarginHead(MarginHead):
         m2: float = 0.5,
         m3: float = 0.0,
         easy_margin: bool = False,
+        gradient: str = "exact",
     ) -> None:
         super().__init__(embedding_size, num_classes)
         check_positive("s", s)
@@ -143,19 +166,18 @@ class CombinedMarginHead(MarginHead):
         check_non_negative("m3", m3)
         if not isinstance(easy_margin, bool):
             raise ValueError(f"easy_margin must be True or False, got {easy_margin!r}")
+        if gradient not in MARGIN_GRADIENTS:
+            raise UnknownName("margin gradient", gradient, MARGIN_GRADIENTS)
         self.s, self.m1, self.m2, self.m3 = float(s), float(m1), float(m2), float(m3)
-        self.easy_margin = easy_margin
+        self.easy_margin, self.gradient = easy_margin, gradient
 
-    def margin_logits(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
-        return combined_margin_logits(cos, labels, self.s, self.m1, self.m2, self.m3, self.easy_margin)
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.margin_logits(self.cosine(embeddings), labels)
+    def margin_logits(self, cos, labels, norms=None, target_cos=None) -> torch.Tensor:
+        return combined_margin_logits(cos, labels, self.s, self.m1, self.m2, self.m3, self.easy_margin, self.gradient)
 
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3}, "
-            f"easy_margin={self.easy_margin}"
+            f"easy_margin={self.easy_margin}, gradient={self.gradient}"
         )
 
 
@@ -166,19 +188,26 @@ class ArcFaceHead(CombinedMarginHead):
     For theta_y > pi - m, where cos(theta_y + m) would start rising again, the target is
     :math:`\cos\theta_y - (1 - \cos m)`: continuous at theta_y = pi - m (value -1) and decreasing.
     ``easy_margin=True`` uses cos(theta_y + m) only where cos(theta_y) > 0 and cos(theta_y) elsewhere.
+    ``gradient="straight_through"`` is arcface_torch's: the same value without the continuation,
+    d(logit)/d(cos) = s for the target as for the others (``straight_through_margin_target``); every
+    ArcFace model arcface_torch published was trained so. The default, "exact", differentiates
+    cos(theta_y + m), as the paper's formula and the old repository do.
     """
 
-    HYPERPARAMETERS = {"s": float, "m": float, "easy_margin": bool}
+    HYPERPARAMETERS = {"s": float, "m": float, "easy_margin": bool, "gradient": str}
 
     def __init__(
-        self, embedding_size: int, num_classes: int, s: float = 64.0, m: float = 0.5, easy_margin: bool = False
+        self, embedding_size: int, num_classes: int, s: float = 64.0, m: float = 0.5, easy_margin: bool = False,
+        gradient: str = "exact",
     ) -> None:
         check_non_negative("m", m)
-        super().__init__(embedding_size, num_classes, s=s, m1=1.0, m2=m, m3=0.0, easy_margin=easy_margin)
+        super().__init__(embedding_size, num_classes, s=s, m1=1.0, m2=m, m3=0.0, easy_margin=easy_margin,
+                         gradient=gradient)
         self.m = float(m)
 
     def extra_repr(self) -> str:
-        return f"{MarginHead.extra_repr(self)}, s={self.s}, m={self.m}, easy_margin={self.easy_margin}"
+        return (f"{MarginHead.extra_repr(self)}, s={self.s}, m={self.m}, easy_margin={self.easy_margin}, "
+                f"gradient={self.gradient}")
 
 
 class CurricularFaceHead(MarginHead):
@@ -211,36 +240,24 @@ class CurricularFaceHead(MarginHead):
         self.register_buffer("t", torch.zeros(()))
 
     @torch.no_grad()
-    def update_statistics(self, target_cos: torch.Tensor, valid: torch.Tensor | None = None) -> None:
-        """Fold the mean target cosine of the batch (rows where ``valid``, default all) into t.
+    def update_statistics(self, cos, labels, norms, target_cos, split) -> None:
+        """Fold the mean target cosine of the global batch (rows that have a target) into t.
 
         Masked arithmetic instead of boolean indexing keeps this free of host syncs; a batch with
-        no valid row leaves t unchanged.
-        """
-        target_cos = at_least_fp32(target_cos)
-        if valid is None:
-            valid = torch.ones_like(target_cos, dtype=torch.bool)
+        no valid row leaves t unchanged."""
+        if target_cos is None:
+            target, valid, _ = gather_target(at_least_fp32(cos), labels)
+        else:  # gathered from every shard: every row has its target on one of them
+            target, valid = target_cos, torch.ones_like(labels, dtype=torch.bool)
+        if split is not None:
+            target, valid = split.all_rows(target), split.all_rows(valid.to(target.dtype)) > 0
         count = valid.sum()
-        mean = torch.where(valid, target_cos, 0.0).sum() / count.clamp(min=1)
+        mean = torch.where(valid, target, 0.0).sum() / count.clamp(min=1)
         blended = (1.0 - self.momentum) * self.t + self.momentum * mean.to(self.t.dtype)
         self.t.copy_(torch.where(count > 0, blended, self.t))
 
-    def margin_logits(
-        self,
-        cos: torch.Tensor,
-        labels: torch.Tensor,
-        norms: torch.Tensor | None = None,
-        target_cos: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def margin_logits(self, cos, labels, norms=None, target_cos=None) -> torch.Tensor:
         return curricular_logits(cos, labels, self.s, self.m, self.t, target_cos)
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        cos = self.cosine(embeddings)
-        check_cosine(cos, labels)
-        if self.training:
-            target, has_target, _ = gather_target(cos, labels)
-            self.update_statistics(target, has_target)
-        return self.margin_logits(cos, labels)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, s={self.s}, m={self.m}, momentum={self.momentum}"

@@ -19,8 +19,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from runtime.errors import UnknownName
 
 # Lower bound on sin^2(theta) before the square root: keeps d sqrt/dx finite at cos = +-1 while
 # changing no value that fp32 or fp64 can resolve (their smallest non-zero 1 - cos^2 is ~1e-16).
@@ -33,8 +36,9 @@ def check_labels(labels: torch.Tensor, batch_size: int, num_columns: int, allow_
     """Raise a clear error unless ``labels`` is int64 ``[batch_size]`` with values in
     [-1, num_columns) (or [0, num_columns) when ``allow_missing`` is False).
 
-    The range check reads the label extremes back from the device (one host sync per call); without it
-    an out-of-range label would surface on a GPU as an opaque device-side assert.
+    The range check reads the label extremes back, which on a GPU waits for everything queued before
+    it; there it is left to whoever made the labels (train.py checks every training label against the
+    class count before it starts), on the CPU it costs nothing and is always made.
     """
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels must be a torch.Tensor of dtype int64, got {type(labels).__name__}")
@@ -42,7 +46,7 @@ def check_labels(labels: torch.Tensor, batch_size: int, num_columns: int, allow_
         raise TypeError(f"labels must have dtype torch.int64, got {labels.dtype}")
     if labels.shape != (batch_size,):
         raise ValueError(f"labels must have shape [{batch_size}] to match the batch, got {list(labels.shape)}")
-    if labels.numel() > 0:
+    if labels.numel() > 0 and labels.device.type == "cpu":
         lowest, highest = torch.stack(torch.aminmax(labels)).tolist()
         smallest_allowed = -1 if allow_missing else 0
         if lowest < smallest_allowed or highest >= num_columns:
@@ -151,6 +155,19 @@ def check_non_negative(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
+HEAD_INITS = ("default", "normal", "xavier_uniform")
+
+
+def initial_rows(init: str, embedding_size: int, all_classes: int):
+    """``draw(generator, shape)`` of the initial class centres of ``init`` (see MarginHead.reset_parameters)."""
+    if init in ("default", "normal"):
+        return lambda generator, shape: torch.randn(shape, generator=generator) * 0.01
+    if init == "xavier_uniform":
+        bound = math.sqrt(6.0 / (all_classes + embedding_size))
+        return lambda generator, shape: torch.rand(shape, generator=generator) * (2 * bound) - bound
+    raise UnknownName("head init", init, HEAD_INITS)
+
+
 CLASS_BLOCK = 4096  # classes per independently seeded block of initial values
 
 
@@ -167,24 +184,83 @@ def fill_class_rows(values: torch.Tensor, first_class: int, seed: int, draw) -> 
         values[first - first_class:last - first_class] = drawn[first - block * CLASS_BLOCK:last - block * CLASS_BLOCK]
 
 
+class Split:
+    """How one call of a head relates to the same call on the other processes; None: it stands alone.
+
+    ``Split("rows")``: the head is replicated (DDP) and each process holds its part of the global
+    batch, every class column. ``Split("classes")``: the head is sharded (Partial FC) and every
+    process holds the whole global batch (all-gathered), its own class columns; a row's target
+    column lives on exactly one process. What a head computes from the batch (running statistics,
+    CurricularFace's threshold) is shared through these methods, so that it equals one process
+    computing over the global batch with every class.
+    """
+
+    KINDS = ("rows", "classes")
+
+    def __init__(self, kind: str, group=None) -> None:
+        if kind not in self.KINDS:
+            raise UnknownName("head split", kind, self.KINDS)
+        self.kind, self.group = kind, group
+
+    @torch.no_grad()
+    def all_rows(self, values: torch.Tensor) -> torch.Tensor:
+        """``values [B_local, ...]`` of every row of the global batch, in rank order."""
+        if self.kind != "rows":
+            return values
+        parts = [torch.empty_like(values) for _ in range(dist.get_world_size(self.group))]
+        dist.all_gather(parts, values.contiguous(), group=self.group)
+        return torch.cat(parts)
+
+    @torch.no_grad()
+    def row_targets(self, cos: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(target cosine [B], has_target [B]) of each row, from whichever process holds its column."""
+        target, has_target, _ = gather_target(at_least_fp32(cos), labels)
+        if self.kind != "classes":
+            return target, has_target
+        target = torch.where(has_target, target, 0.0)
+        count = has_target.to(target.dtype)
+        dist.all_reduce(target, group=self.group)
+        dist.all_reduce(count, group=self.group)
+        return target, count > 0
+
+
+def filter_interclass(cos: torch.Tensor, labels: torch.Tensor, threshold: float) -> torch.Tensor:
+    """arcface_torch's inter-class filtering: a non-target cosine above ``threshold`` becomes 0, value and
+    gradient (a "negative" that close to the sample is likely its own identity under another label).
+    The target column of each row is never filtered; ``threshold`` 0 leaves ``cos`` as it is."""
+    if threshold <= 0:
+        return cos
+    with torch.no_grad():
+        keep = cos <= threshold
+        rows = torch.nonzero(labels >= 0).squeeze(1)
+        keep[rows, labels[rows]] = True
+    return cos * keep
+
+
 class MarginHead(nn.Module):
     """Base class of every head: owns ``weight [num_classes, embedding_size]``.
 
-    The training loop computes
+    ``forward(embeddings, labels, classes=None, split=None)`` is the one way into a head, for a
+    replicated head, a sharded one and a sampled one alike: the cosine matrix of the embeddings
+    against the class centres (``classes``: the rows of ``weight`` used, Partial FC's sample;
+    ``labels`` then index into them, -1 = the row's class is not among them), arcface_torch's
+    inter-class filtering when its threshold is set, the running statistics (training mode, shared
+    over ``split``), then the head's ``margin_logits``. The training loop computes
     ``loss = F.cross_entropy(head(x, y), y) + head.regularizer(x)`` and calls
     ``head.set_step(step)`` before each step; both hooks do nothing unless a head overrides them.
 
     What a head declares for the code that builds and shards it:
     ``HYPERPARAMETERS`` maps each constructor option to its type (build_margin checks and casts to it);
-    ``cosine_margin``: the head has ``margin_logits(cos, labels, norms)``, so a sharded head may
-    compute it on a sampled subset of class columns; ``shares_target_cosine``: its non-target logits
-    depend on the target cosine (``margin_logits(..., target_cos=)``, ``update_statistics``), which a
-    sharded head must then all-reduce.
+    ``cosine_margin``: its logits are a margin applied to a cosine matrix
+    (``margin_logits(cos, labels, norms, target_cos)``), which inter-class filtering needs;
+    ``shares_target_cosine``: its non-target logits depend on each row's target cosine, which a
+    sharded head must then gather from the process that holds it.
     """
 
     HYPERPARAMETERS: dict[str, type] = {}
     cosine_margin = True
     shares_target_cosine = False
+    interclass_filtering_threshold = 0.0  # set by build_margin; 0 = off
 
     def __init__(self, embedding_size: int, num_classes: int) -> None:
         super().__init__()
@@ -196,13 +272,19 @@ class MarginHead(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_classes, embedding_size))
         MarginHead.reset_parameters(self)  # subclasses with more parameters re-initialise in their own __init__
 
-    def reset_parameters(self, first_class: int = 0, seed: int | None = None) -> None:
-        """Initial class centres N(0, 0.01) (only their direction matters to a cosine head;
-        insightface's std); with `seed`, row i is drawn from (seed, first_class + i)."""
+    def reset_parameters(self, first_class: int = 0, seed: int | None = None, init: str = "default",
+                         all_classes: int | None = None) -> None:
+        """Initial class centres. ``init``: "default" and "normal" draw N(0, 0.01) (arcface_torch's
+        Partial FC; only the direction matters to a cosine head, the scale sets how fast it turns);
+        "xavier_uniform" draws U(-a, a), a = sqrt(6 / (all_classes + embedding_size)) (the old
+        repository's margin layers, over the whole class matrix). With ``seed``, row i is drawn from
+        (seed, first_class + i), so that a head split over ranks starts as the whole head."""
+        draw = initial_rows(init, self.embedding_size, all_classes or self.num_classes)
         if seed is None:
-            nn.init.normal_(self.weight, std=0.01)
+            with torch.no_grad():
+                self.weight.copy_(draw(None, tuple(self.weight.shape)))
         else:
-            fill_class_rows(self.weight, first_class, seed, lambda g, shape: torch.randn(shape, generator=g) * 0.01)
+            fill_class_rows(self.weight, first_class, seed, draw)
 
     def check_embeddings(self, embeddings: torch.Tensor) -> None:
         """Raise unless ``embeddings`` is a floating ``[B, embedding_size]`` tensor."""
@@ -213,10 +295,44 @@ class MarginHead(nn.Module):
         if not embeddings.is_floating_point():
             raise TypeError(f"embeddings must be floating point, got {embeddings.dtype}")
 
-    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """cos(theta) [B, C] between each embedding and each class centre."""
+    def class_rows(self, classes: torch.Tensor | None) -> torch.Tensor:
+        """The class centres used: all of ``weight``, or the rows ``classes`` (Partial FC's sample)."""
+        return self.weight if classes is None else self.weight[classes]
+
+    def cosine(self, embeddings: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """cos(theta) [B, C] between each embedding and each class centre (or each of ``classes``).
+
+        Always an fp32 product (TF32 on a GPU where allowed), also under autocast: a cosine rounded to
+        bf16 is off by ~1e-3 near 0.3, which s = 64 turns into ~0.1 of logit noise."""
         self.check_embeddings(embeddings)
-        return F.linear(F.normalize(embeddings, dim=1), F.normalize(self.weight, dim=1))
+        rows = self.class_rows(classes)
+        dtype = torch.promote_types(torch.promote_types(embeddings.dtype, rows.dtype), torch.float32)
+        with torch.autocast(embeddings.device.type, enabled=False):
+            return F.linear(F.normalize(embeddings.to(dtype), dim=1), F.normalize(rows.to(dtype), dim=1))
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor | None = None,
+                split: Split | None = None) -> torch.Tensor:
+        """Logits [B, C] (or [B, len(classes)]); see the class docstring."""
+        cos = self.cosine(embeddings, classes)
+        check_cosine(cos, labels)
+        cos = filter_interclass(cos, labels, self.interclass_filtering_threshold)
+        norms = torch.linalg.vector_norm(at_least_fp32(embeddings), dim=1)
+        target_cos = None
+        if self.shares_target_cosine and split is not None:
+            target_cos, _ = split.row_targets(cos, labels)
+        if self.training:
+            self.update_statistics(cos, labels, norms, target_cos, split)
+        return self.margin_logits(cos, labels, norms, target_cos)
+
+    def margin_logits(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None,
+                      target_cos: torch.Tensor | None = None) -> torch.Tensor:
+        """The head's logits from the cosine matrix (labels -1: no target among these columns), the
+        feature norms [B] and, for heads that share it, each row's target cosine from every shard."""
+        raise NotImplementedError
+
+    def update_statistics(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor,
+                          target_cos: torch.Tensor | None, split: Split | None) -> None:
+        """Fold this batch into the head's running statistics (training mode only); none by default."""
 
     def regularizer(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Extra loss term added to the cross-entropy; zero unless the head defines one."""

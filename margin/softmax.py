@@ -34,27 +34,37 @@ class SoftmaxHead(MarginHead):
         self.bias = nn.Parameter(torch.empty(num_classes)) if bias else None
         self.reset_parameters()
 
-    def reset_parameters(self, first_class: int = 0, seed: int | None = None) -> None:
-        """torch.nn.Linear's initialisation, U(-1/sqrt(D), 1/sqrt(D)) for weight and bias: the raw
-        inner product is sensitive to the weight scale, unlike the cosine heads. With `seed`, class
-        i's row (and bias) come from (seed, first_class + i), as in MarginHead."""
+    def reset_parameters(self, first_class: int = 0, seed: int | None = None, init: str = "default",
+                         all_classes: int | None = None) -> None:
+        """init "default": torch.nn.Linear's initialisation, U(-1/sqrt(D), 1/sqrt(D)) for weight and
+        bias (the raw inner product is sensitive to the weight scale, unlike the cosine heads);
+        "normal" / "xavier_uniform" draw the weight as MarginHead does, the bias as "default". With
+        `seed`, class i's row (and bias) come from (seed, first_class + i), as in MarginHead."""
         bound = 1.0 / math.sqrt(self.embedding_size)
-        if seed is None:
-            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # = U(-bound, bound)
-            if getattr(self, "bias", None) is not None:
-                nn.init.uniform_(self.bias, -bound, bound)
-            return
 
         def uniform(generator, shape):
             return torch.rand(shape, generator=generator) * (2 * bound) - bound
-        fill_class_rows(self.weight, first_class, seed, uniform)
-        if self.bias is not None:
+        if init != "default":
+            super().reset_parameters(first_class, seed, init, all_classes)
+        elif seed is None:
+            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # = U(-bound, bound)
+        else:
+            fill_class_rows(self.weight, first_class, seed, uniform)
+        if getattr(self, "bias", None) is None:
+            return
+        if seed is None:
+            nn.init.uniform_(self.bias, -bound, bound)
+        else:
             fill_class_rows(self.bias, first_class, seed + 1, uniform)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor | None = None,
+                split=None) -> torch.Tensor:
+        """W x + b over every class, or over the rows ``classes`` (Partial FC's sample); no statistics."""
         self.check_embeddings(embeddings)
-        check_labels(labels, embeddings.shape[0], self.num_classes)
-        return at_least_fp32(F.linear(embeddings, self.weight, self.bias))
+        weight = self.class_rows(classes)
+        bias = self.bias if self.bias is None or classes is None else self.bias[classes]
+        check_labels(labels, embeddings.shape[0], weight.shape[0])
+        return at_least_fp32(F.linear(embeddings, weight, bias))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, bias={self.bias is not None}"

@@ -117,15 +117,10 @@ class SphereFaceHead(MarginHead):
         self.step = step
         self.lambda_ = sphereface_lambda(step, self.lambda_base, self.gamma, self.power, self.lambda_min)
 
-    def margin_logits(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
+    def margin_logits(self, cos, labels, norms=None, target_cos=None) -> torch.Tensor:
         if norms is None:
             raise ValueError("SphereFace needs the feature norms [B]: its logits are ||x||*cos")
         return sphereface_logits(cos, norms, labels, self.m, self.lambda_)
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        cos = self.cosine(embeddings)
-        norms = torch.linalg.vector_norm(at_least_fp32(embeddings), dim=1)
-        return self.margin_logits(cos, labels, norms)
 
     def extra_repr(self) -> str:
         return (

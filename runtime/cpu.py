@@ -7,6 +7,7 @@ so it answers the question that matters to us: will oneDNN run its AMX kernels h
 """
 
 import functools
+import logging
 import os
 import platform
 import re
@@ -14,6 +15,21 @@ import re
 import torch
 
 CPUINFO = "/proc/cpuinfo"
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+# torch.compile's CPU backend (the fused PReLU path) imports torch.utils.cpp_extension, which warns
+# "No CUDA runtime is found, using CUDA_HOME=..." on every CPU machine where a CUDA toolkit folder
+# exists: nothing for a CPU run to act on. Only that message of that logger is dropped.
+logging.getLogger("torch.utils.cpp_extension").addFilter(_DropMessage("No CUDA runtime is found"))
 
 
 def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:

@@ -2,7 +2,7 @@
 
 `auto` (the training default) is bf16 where the device has fast bf16 kernels, else the next best:
 fp16 with a GradScaler on a GPU without bf16 tensor cores, fp32 on a CPU without oneDNN's bf16
-kernels (an AVX2-only CPU runs bf16 autocast many times slower than fp32; README "Speed").
+kernels (an AVX2-only CPU runs bf16 autocast many times slower than fp32; docs/benchmarks.md).
 """
 
 import contextlib
@@ -10,7 +10,7 @@ import contextlib
 import torch
 
 from .cpu import has_onednn_bf16
-from .errors import UsageError
+from .errors import UnknownName, UsageError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISION_CHOICES = ("auto", *PRECISIONS)
@@ -32,7 +32,7 @@ def has_fast_bf16(device: torch.device) -> bool:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """The precision a name means on the device: `auto` chosen by choose_precision, others as they are."""
     if precision not in PRECISION_CHOICES:
-        raise UsageError(f"precision {precision!r} is not one of {', '.join(PRECISION_CHOICES)}")
+        raise UnknownName("precision", precision, PRECISION_CHOICES)
     return choose_precision(device.type, has_fast_bf16(device)) if precision == "auto" else precision
 
 

@@ -1,4 +1,4 @@
-"""The reference IJB code re-stated plainly, for tests/test_ijb*.py to compare evaluation/ijb.py with.
+"""The reference IJB code re-stated plainly, for tests/test_ijb*.py to compare evaluation/ijb/protocol.py with.
 
 - eval_ijbc.py (insightface recognition/arcface_torch): the metadata readers (with the np.loadtxt
   line its own comments offer instead of pandas), Step 3's image features per mode, the

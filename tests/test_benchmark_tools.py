@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from backbone.layers import PATH_CHOICES, cpu_paths
@@ -20,9 +21,10 @@ def run_json(*args):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_training_benchmark_reports_throughput_and_flops(tmp_path):
     csv_path = tmp_path / "bench.csv"
-    result = run_json("tools/benchmark.py", "--backbone", "mobilefacenet", "--batch-size", "4", "--num-classes", "50",
+    result = run_json("tools/bench/benchmark.py", "--backbone", "mobilefacenet", "--batch-size", "4", "--num-classes", "50",
                       "--device", "cpu", "--steps", "2", "--warmup", "1", "--csv", str(csv_path), "--json",
                       "--default-allocator")
     assert result["images_per_second"] > 0 and result["gmacs_per_image"] == 0.221
@@ -43,25 +45,27 @@ def assert_reports_the_cpu(report):
     assert report["threads"] == 1  # OMP_NUM_THREADS=1 in run_json
 
 
+@pytest.mark.slow
 def test_training_benchmark_takes_the_forced_cpu_paths():
     forced = {"prelu_backward": "ops", "pointwise_conv": "matmul", "strided_depthwise_conv": "bf16_stride1_backward",
               "global_depthwise_conv": "fp32"}
-    result = run_json("tools/benchmark.py", "--backbone", "mobilefacenet", "--batch-size", "2", "--num-classes", "10",
+    result = run_json("tools/bench/benchmark.py", "--backbone", "mobilefacenet", "--batch-size", "2", "--num-classes", "10",
                       "--device", "cpu", "--dtype", "bf16", "--steps", "1", "--warmup", "0", "--json", "--cpu-paths",
                       ",".join(f"{kind}={path}" for kind, path in forced.items()))
     assert result["cpu_paths"] == ";".join(f"{kind}={path}" for kind, path in forced.items())
     assert result["images_per_second"] > 0
     # PReLU's backward path applies to an fp32 step as well, so it can be forced there alone.
-    result = run_json("tools/benchmark.py", "--backbone", "mobilefacenet", "--batch-size", "2", "--num-classes", "10",
+    result = run_json("tools/bench/benchmark.py", "--backbone", "mobilefacenet", "--batch-size", "2", "--num-classes", "10",
                       "--device", "cpu", "--dtype", "fp32", "--steps", "1", "--warmup", "0", "--json", "--cpu-paths",
                       "prelu_backward=ops")
     assert result["dtype"] == "fp32" and result["cpu_paths"].startswith("prelu_backward=ops;")
 
 
+@pytest.mark.slow
 def test_training_benchmark_refuses_a_csv_with_other_columns_by_name(tmp_path):
     csv_path = tmp_path / "old.csv"
     csv_path.write_text("backbone,images_per_second\nir50,1.0\n")
-    result = subprocess.run([sys.executable, "tools/benchmark.py", "--backbone", "mobilefacenet", "--batch-size", "2",
+    result = subprocess.run([sys.executable, "tools/bench/benchmark.py", "--backbone", "mobilefacenet", "--batch-size", "2",
                              "--num-classes", "10", "--device", "cpu", "--steps", "1", "--warmup", "0", "--json",
                              "--csv", str(csv_path)], cwd=REPO, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -70,20 +74,22 @@ def test_training_benchmark_refuses_a_csv_with_other_columns_by_name(tmp_path):
     assert csv_path.read_text() == "backbone,images_per_second\nir50,1.0\n"
 
 
+@pytest.mark.slow
 def test_training_benchmark_through_the_real_loader_and_sharded_head(tmp_path):
     from dataset import write_record_pack
     from dataset.synthetic import SyntheticFaces
     faces = SyntheticFaces(seed=1)
     write_record_pack(tmp_path, ((faces.render(i // 4, i % 4), i // 4) for i in range(16)), num_classes=4)
-    result = run_json("tools/benchmark.py", "--backbone", "mobilefacenet", "--batch-size", "4", "--num-classes", "4",
+    result = run_json("tools/bench/benchmark.py", "--backbone", "mobilefacenet", "--batch-size", "4", "--num-classes", "4",
                       "--device", "cpu", "--steps", "2", "--warmup", "1", "--loader", f"rec:{tmp_path}",
                       "--workers", "1", "--sharded-head", "--sample-rate", "0.5", "--json")
     assert result["loader"] == f"rec:{tmp_path}" and result["images_per_second"] > 0
     assert result["recycling_allocator"] is (sys.platform.startswith("linux"))
 
 
+@pytest.mark.slow
 def test_old_step_baseline_compares_both_steps():
-    result = run_json("tools/baseline_old_step.py", "--rows", "mobilefacenet:4,vit_t:2", "--num-classes", "50",
+    result = run_json("tools/bench/baseline_old_step.py", "--rows", "mobilefacenet:4,vit_t:2", "--num-classes", "50",
                       "--steps", "1", "--warmup", "1", "--json")
     assert [row["backbone"] for row in result["rows"]] == ["mobilefacenet", "vit_t"]
     default = result["default_precision"]
@@ -96,7 +102,7 @@ def test_old_step_baseline_compares_both_steps():
 
 
 def test_old_step_columns_follow_the_default_precision():
-    from tools.baseline_old_step import chosen_variants
+    from tools.bench.baseline_old_step import chosen_variants
     common = ["old_fp32", "old_fp32_recycling_allocator", "ours_fp32"]
     assert chosen_variants("bf16", compile=True, slow_bf16=False) == common + ["ours_bf16", "ours_bf16_compile"]
     assert chosen_variants("fp32", compile=True, slow_bf16=False) == common + ["ours_fp32_compile"]
@@ -106,14 +112,15 @@ def test_old_step_columns_follow_the_default_precision():
 def test_old_step_gets_torch_s_stock_layers_everywhere():
     from backbone import build_backbone
     from backbone.layers import DepthwiseConv2d, PointwiseConv2d, PReLU
-    from tools.baseline_old_step import with_stock_layers
+    from tools.bench.baseline_old_step import with_stock_layers
     for name in ("mobilefacenet", "ir18", "vit_t"):
         model = with_stock_layers(build_backbone(name, 64))
         assert not any(isinstance(m, (PReLU, DepthwiseConv2d, PointwiseConv2d)) for m in model.modules()), name
 
 
+@pytest.mark.slow
 def test_layer_benchmark_times_every_path_and_names_the_chosen_one():
-    result = run_json("tools/benchmark_layers.py", "--repeats", "1", "--json")
+    result = run_json("tools/bench/benchmark_layers.py", "--repeats", "1", "--json")
     assert [row["layer"] for row in result["rows"]] == (
         ["prelu backward"] * 3 + ["pointwise conv forward+backward"] * 6 + ["stride-2 depthwise forward+backward"] * 3
         + ["global depthwise forward+backward"])
@@ -131,23 +138,25 @@ def test_layer_benchmark_times_every_path_and_names_the_chosen_one():
     assert_reports_the_cpu(result["cpu"])
 
 
+@pytest.mark.slow
 def test_loader_benchmark_runs_on_a_fresh_pack():
-    result = run_json("tools/benchmark_loader.py", "--images", "60", "--passes", "1", "--workers", "1",
+    result = run_json("tools/bench/benchmark_loader.py", "--images", "60", "--passes", "1", "--workers", "1",
                       "--batch-size", "16", "--json")
     assert result["images"] == 60 and result["single_process_images_per_second"] > 0
 
 
+@pytest.mark.slow
 def test_benchmark_tools_refuse_bad_arguments_by_name():
-    for args, message in ((["tools/benchmark_layers.py", "--repeats", "0"], "--repeats: must be a positive integer, got 0"),
-                          (["tools/benchmark.py", "--device", "cpu", "--steps", "0"], "--steps: must be a positive integer, got 0"),
-                          (["tools/benchmark.py", "--device", "cpu", "--cpu-paths", "global_depthwise_conv=fp16"],
-                           "--cpu-paths item 'global_depthwise_conv=fp16': valid: prelu_backward=ops|fused; "
-                           "pointwise_conv=conv|matmul;"),
-                          (["tools/benchmark.py", "--device", "cpu", "--dtype", "fp32", "--cpu-paths",
+    for args, message in ((["tools/bench/benchmark_layers.py", "--repeats", "0"], "--repeats: must be a positive integer, got 0"),
+                          (["tools/bench/benchmark.py", "--device", "cpu", "--steps", "0"], "--steps: must be a positive integer, got 0"),
+                          (["tools/bench/benchmark.py", "--device", "cpu", "--cpu-paths", "global_depthwise_conv=fp16"],
+                           "--cpu-paths item 'global_depthwise_conv=fp16': unknown global_depthwise_conv path 'fp16'; "
+                           "valid: bf16, fp32"),
+                          (["tools/bench/benchmark.py", "--device", "cpu", "--dtype", "fp32", "--cpu-paths",
                             "prelu_backward=ops,global_depthwise_conv=fp32"],
                            "--cpu-paths: global_depthwise_conv apply to a CPU step in bf16, and this one runs in "
                            "fp32 on cpu (--dtype fp32); give --device cpu --dtype bf16"),
-                          (["tools/baseline_old_step.py", "--rows", "mobilefacenet"], "--rows item 'mobilefacenet'"),
-                          (["tools/baseline_old_step.py", "--rows", "nonet:4"], "--rows item 'nonet:4'")):
+                          (["tools/bench/baseline_old_step.py", "--rows", "mobilefacenet"], "--rows item 'mobilefacenet'"),
+                          (["tools/bench/baseline_old_step.py", "--rows", "nonet:4"], "--rows item 'nonet:4'")):
         result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]

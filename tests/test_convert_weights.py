@@ -1,4 +1,4 @@
-"""tools/convert_weights.py: published checkpoints, built here with the published key layout and
+"""tools/model/convert_weights.py: published checkpoints, built here with the published key layout and
 shapes (from insightface arcface_torch's backbones/iresnet.py and backbones/vit.py and TreB1eN
 InsightFace_Pytorch's model.py) and random values, convert into backbone files whose network computes what the
 published forward pass computes. That forward pass is restated below as functional code over the
@@ -15,14 +15,14 @@ import torch.nn.functional as F
 from dataset import DataFormatError
 from evaluation.model_loading import load_backbone
 from interop.convert import convert_state_dict
-from tools.convert_weights import main as convert_main
+from tools.model.convert_weights import main as convert_main
 
 # One thread: on the test machines' two shared cores a second one costs more than it gains
 # (a contended OpenMP team spins).
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 BN_EPS = 1e-5  # both publishers use PyTorch's default
-TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "convert_weights.py")
+TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "model", "convert_weights.py")
 
 
 # --- published state_dicts, random values --------------------------------------------------------
@@ -297,7 +297,8 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.slow) if case in ("insightface ir18",
+                                  "insightface vit_t") else case for case in CASES])
 def test_converted_network_computes_the_published_forward(case, tmp_path, capsys):
     source, arch, make_state, published_forward, *tolerance = CASES[case]
     published = make_state()
@@ -352,6 +353,7 @@ def test_a_file_of_another_depth_is_refused(tmp_path):
         convert_state_dict("insightface", "ir34", torch.load(path, weights_only=True), path)
 
 
+@pytest.mark.slow
 def test_the_tool_reports_errors_in_one_line(tmp_path, capsys):
     path = save_changed(tmp_path, lambda s: s.pop("fc.bias"))
     result = subprocess.run([sys.executable, TOOL, "--source", "insightface", "--arch",

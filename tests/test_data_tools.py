@@ -7,6 +7,7 @@ import sys
 
 import cv2
 import numpy as np
+import pytest
 
 from dataset import RecordDataset, image_files, load_bin, read_pairs, write_bin, write_record_pack
 
@@ -14,15 +15,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_tool(name, *args):
-    result = subprocess.run([sys.executable, os.path.join(REPO, "tools", name), *map(str, args)],
+    result = subprocess.run([sys.executable, os.path.join(REPO, "tools", "data", name), *map(str, args)],
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
 def images2rec(*args):
-    """tools/images2rec.py's main in this process."""
-    from tools.images2rec import main
+    """tools/data/images2rec.py's main in this process."""
+    from tools.data.images2rec import main
     main([str(arg) for arg in args])
 
 
@@ -32,6 +33,7 @@ def images(count, seed=0):
     return np.stack([cv2.resize(s, (112, 112), interpolation=cv2.INTER_CUBIC) for s in small])
 
 
+@pytest.mark.slow
 def test_bin_to_images_and_back_is_lossless(tmp_path):
     source = images(8)
     issame = [True, False, False, True]
@@ -43,6 +45,7 @@ def test_bin_to_images_and_back_is_lossless(tmp_path):
     np.testing.assert_array_equal(written[:], load_bin(tmp_path / "lfw.bin")[0])
 
 
+@pytest.mark.slow
 def test_rec_to_images_to_rec_keeps_payloads_and_labels(tmp_path):
     labels = [0, 0, 1, 2, 2]
     write_record_pack(tmp_path / "pack", zip(images(5, seed=1), labels), num_classes=3)
@@ -60,7 +63,7 @@ def test_rec_to_images_to_rec_keeps_payloads_and_labels(tmp_path):
 def test_images2rec_refuses_wrong_size_unless_resizing(tmp_path):
     (tmp_path / "src" / "a").mkdir(parents=True)
     cv2.imwrite(str(tmp_path / "src" / "a" / "x.png"), np.zeros((120, 100, 3), np.uint8))
-    result = subprocess.run([sys.executable, "tools/images2rec.py", "--folder", tmp_path / "src", tmp_path / "p"],
+    result = subprocess.run([sys.executable, "tools/data/images2rec.py", "--folder", tmp_path / "src", tmp_path / "p"],
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode != 0 and "x.png, whole file: image is 120x100, expected 112x112" in result.stderr
     assert not (tmp_path / "p" / "train.rec").exists()

@@ -1,7 +1,7 @@
 """eval_lfw.py, eval_agedb30.py and eval_cfp.py on real files: a .bin of synthetic pairs, the same
 pairs as an image folder with either pair-list format, an untrained MobileFaceNet saved in every
 checkpoint layout, and features .npz files. Each script runs as a user runs it (a subprocess) at
-least once; the other runs call its main (evaluation.cli.verification_main) in this process. Reported
+least once; the other runs call its main (evaluation.verification.cli.verification_main) in this process. Reported
 numbers are checked against evaluation.verification called directly on the features the script saved."""
 
 import json
@@ -17,10 +17,10 @@ from backbone import build_backbone
 from dataset import read_bin_payloads, write_bin
 from runtime import run_cli
 from dataset.synthetic import make_pairs
-from evaluation.cli import verification_main
+from evaluation.verification.cli import verification_main
 from evaluation.model_loading import load_backbone
 from evaluation.verification import evaluate_verification
-from evaluation.model_loading import backbone_file
+from runtime.artifacts import backbone_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_PAIRS = 20  # the smallest synthetic set: 10 folds of one matched and one unmatched pair
@@ -114,6 +114,7 @@ def reference(files):
         return record, saved["embeddings"], saved["issame"]
 
 
+@pytest.mark.slow
 def test_bin_with_training_checkpoint_matches_direct_evaluation_and_round_trips(files, reference, capsys, one_thread):
     record = run_json("eval_lfw.py", "--bin", files / "lfw.bin", "--checkpoint", files / "checkpoint.pt",
                       "--save-features", files / "flip.npz", "--roc", files / "roc.png")
@@ -164,6 +165,7 @@ def test_reference_run_reports_its_own_features(files, reference):
     assert_same_numbers(record, evaluate_verification(embeddings, issame, None, "insightface").to_json())
 
 
+@pytest.mark.slow
 def test_image_folder_with_lfw_pairs_txt_and_flag_list(files, reference, capsys, one_thread):
     _, embeddings, _ = reference
     lfw = json_here(capsys, "eval_lfw.py", "--images", files / "lfw_images",
@@ -304,6 +306,7 @@ def test_user_errors_are_one_line_messages_naming_the_file(files, tmp_path, caps
         "error: --checkpoint is required (or give --features)")
 
 
+@pytest.mark.slow
 def test_errors_reach_the_user_without_traceback(files, tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 truncated")
     result = run_script("eval_lfw.py", "--features", tmp_path / "bad.npz", ok=False)

@@ -1,7 +1,10 @@
-"""tools/export.py: every backbone family exports to ONNX and TorchScript from a checkpoint file, and
-the written files compute what PyTorch computes at two batch sizes (interop/export.py)."""
+"""tools/model/export.py: every backbone family exports to ONNX and TorchScript from a checkpoint file, and
+the written files compute what PyTorch computes at two batch sizes (interop/export.py). The
+AOTInductor format's compile is tested in tests/test_cpp.py (once per module: it takes a minute);
+here, every family's torch.export trace and the requests refused before any work."""
 
 import json
+import os
 
 import onnx
 import pytest
@@ -10,8 +13,9 @@ import torch
 from backbone import build_backbone
 from interop.export import (INPUT_NAME, OUTPUT_NAME, check_export, example_input, export_onnx,
                             model_metadata, onnx_runner, within_tolerance)
-from tools.export import main as export_main
-from evaluation.model_loading import backbone_file
+from tools.model.export import main as export_main
+from runtime.artifacts import backbone_file
+from runtime import UsageError
 
 # One thread: on the test machines' two shared cores a second one costs more than it gains
 # (a contended OpenMP team spins).
@@ -21,6 +25,8 @@ EMBEDDING_SIZE = 16
 # One network of every family; the smallest of each that the registry has.
 FAMILIES = ["mobilefacenet", "ir18", "ir_se18", "ir_cbam50", "resnet50", "attention56", "spherenet20",
             "vit_t"]
+# The fast tier exports MobileFaceNet; every other family runs in the full tier.
+SLOW_FAMILIES = {"ir18", "ir_se18", "ir_cbam50", "resnet50", "attention56", "spherenet20", "vit_t"}
 
 
 def random_backbone(name: str) -> torch.nn.Module:
@@ -49,7 +55,8 @@ def random_backbone(name: str) -> torch.nn.Module:
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_FAMILIES else name
+                                  for name in FAMILIES])
 def test_every_family_exports_to_both_formats(name, tmp_path, capsys):
     model = random_backbone(name)
     checkpoint = tmp_path / "backbone.pt"
@@ -98,11 +105,42 @@ def test_the_check_catches_an_export_of_other_weights(tmp_path):
     assert not within_tolerance(*differences[1])
 
 
-def test_bad_options_are_refused(tmp_path):
+def test_bad_options_are_refused(tmp_path, capsys):
     torch.save(backbone_file("mobilefacenet", EMBEDDING_SIZE, random_backbone("mobilefacenet").state_dict()),
                tmp_path / "b.pt")
-    with pytest.raises(ValueError, match="opset=9; valid: 11..20"):
+    with pytest.raises(SystemExit) as stopped:  # a usage error (one line), before the checkpoint loads
         export_main(["--checkpoint", str(tmp_path / "b.pt"), "--format", "onnx", "--opset", "9",
                      str(tmp_path / "m.onnx")])
+    assert stopped.value.code == 2 and capsys.readouterr().err.strip().endswith("error: --opset 9: valid: 11..20")
     with pytest.raises(SystemExit):
         export_main(["--checkpoint", str(tmp_path / "b.pt"), "--format", "tflite", str(tmp_path / "m")])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_family_traces_for_aotinductor_with_a_dynamic_batch(name):
+    """The first step of --format aoti (torch.export, non-strict, batch dimension dynamic) on every
+    family; the compile after it is tested on MobileFaceNet and IR-50 in tests/test_cpp.py."""
+    model = random_backbone(name)
+    program = torch.export.export(model, (example_input(2),), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                                  strict=False)
+    with torch.no_grad():
+        for batch in (1, 3):
+            images = example_input(batch, seed=batch)
+            assert torch.allclose(program.module()(images), model(images), atol=1e-5)
+
+
+def test_aoti_requests_that_cannot_succeed_are_refused_before_any_work(tmp_path):
+    torch.save(backbone_file("mobilefacenet", EMBEDDING_SIZE, random_backbone("mobilefacenet").state_dict()),
+               tmp_path / "b.pt")
+    checkpoint = ["--checkpoint", str(tmp_path / "b.pt")]
+    with pytest.raises(UsageError, match="m.pt: an AOTInductor package's name must end in .pt2"):
+        export_main([*checkpoint, "--format", "aoti", str(tmp_path / "m.pt")])
+    with pytest.raises(SystemExit):  # argparse: --device cuda is for the compiled format only
+        export_main([*checkpoint, "--format", "onnx", "--device", "cuda", str(tmp_path / "m.onnx")])
+    with pytest.raises(SystemExit):
+        export_main([*checkpoint, "--format", "aoti", "--threshold", "1.5", str(tmp_path / "m.pt2")])
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="--device cuda: no CUDA GPU is usable here"):
+            export_main([*checkpoint, "--format", "aoti", "--device", "cuda", str(tmp_path / "m.pt2")])
+    assert sorted(os.listdir(tmp_path)) == ["b.pt"]

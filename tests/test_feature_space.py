@@ -1,5 +1,6 @@
-"""tools/feature_space.py at toy sizes: the files it writes, its geometry helpers, and that the
-center loss does what Wen et al. (ECCV 2016) built it for: tighter classes than softmax alone."""
+"""tools/model/feature_space.py and its experiment, training/feature_space.py, at toy sizes: the files
+it writes, the geometry helpers, and that the center loss does what Wen et al. (ECCV 2016) built it
+for: tighter classes than softmax alone."""
 
 import os
 import subprocess
@@ -12,10 +13,12 @@ from PIL import Image
 
 from dataset.synthetic import SyntheticFaces
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tools"))
+from training import feature_space
 
-import feature_space  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools", "model"))
+
+import feature_space as feature_space_tool  # noqa: E402
 
 
 @pytest.fixture
@@ -27,9 +30,10 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.mark.slow
 def test_tool_writes_animations_with_the_requested_frames_and_the_theta_plot(tmp_path):
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "feature_space.py"), "--out", str(tmp_path),
+        [sys.executable, os.path.join(REPO, "tools", "model", "feature_space.py"), "--out", str(tmp_path),
          "--classes", "3", "--images-per-class", "8", "--plot-images-per-class", "4",
          "--epochs", "2", "--wide-epochs", "1", "--frames", "3"],
         capture_output=True, text=True, cwd=REPO)
@@ -49,7 +53,7 @@ def test_tool_writes_animations_with_the_requested_frames_and_the_theta_plot(tmp
 def test_tool_rejects_a_bad_class_count(tmp_path, capsys):
     # in this process: the command line itself is run by the test above
     with pytest.raises(SystemExit) as refused:
-        feature_space.main(["--out", str(tmp_path), "--classes", "1"])
+        feature_space_tool.main(["--out", str(tmp_path), "--classes", "1"])
     assert refused.value.code != 0 and "--classes must lie in [2, 20], got 1" in capsys.readouterr().err
 
 

@@ -127,5 +127,5 @@ def test_each_layout_stores_what_its_benchmark_needs(tmp_path, one_thread):
     recorded = json.loads((tmp_path / "megaface" / "images_progress.json").read_text())["run"]
     assert recorded["layout"] == "normalized_sum" and recorded["flip"] is True and recorded["dim"] == 16
     assert Embedder(model, 16, "cpu", layout="separate", flip=False).outputs == ("features",)
-    with pytest.raises(ValueError, match="layout 'sum' is unknown; valid: normalized_sum, separate"):
+    with pytest.raises(ValueError, match="unknown feature layout 'sum'; valid: normalized_sum, separate"):
         Embedder(model, 16, "cpu", layout="sum")

@@ -14,7 +14,7 @@ import torch
 from backbone import BACKBONES
 from backbone.iresnet import IResNet
 from backbone.vit import VisionTransformer
-from tools.benchmark import main as benchmark_main
+from tools.bench.benchmark import main as benchmark_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -123,8 +123,9 @@ def test_every_ir_net_and_vit_takes_the_option_with_the_same_state_dict():
         assert list(checkpointed.state_dict()) == list(plain.state_dict()), name
 
 
+@pytest.mark.slow
 def test_the_benchmark_runs_a_checkpointed_step_and_refuses_a_backbone_without_it(capsys):
-    result = subprocess.run([sys.executable, "tools/benchmark.py", "--backbone", "vit_t", "--batch-size", "2",
+    result = subprocess.run([sys.executable, "tools/bench/benchmark.py", "--backbone", "vit_t", "--batch-size", "2",
                              "--num-classes", "10", "--device", "cpu", "--steps", "1", "--warmup", "0",
                              "--grad-checkpoint", "--json"], cwd=REPO, capture_output=True, text=True,
                             timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -1,4 +1,4 @@
-"""evaluation/ijb.py against the reference code re-stated in tests/ijb_reference.py (eval_ijbc.py's
+"""evaluation/ijb/protocol.py against the reference code re-stated in tests/ijb_reference.py (eval_ijbc.py's
 per-template loops, scikit-learn's roc_curve and the TAR reading, ijb_evals.py's 1:N), on synthetic
 IJB-like sets: templates of one image, media of several, probes absent from a gallery, a template
 that repeats another's images under another subject (exact genuine/impostor ties), every mode."""
@@ -10,9 +10,9 @@ import pytest
 
 import ijb_reference as reference
 from dataset.synthetic_ijb import plan_synthetic_ijb
-from evaluation.ijb import (DET_FPIRS, FAR_TARGETS, FeatureRows, Mode, TemplatePooling, image_features,
-                            pair_scores, read_tar_at_far, roc_curve)
-from evaluation.ijb_identify import scores_and_searches, search_gallery
+from evaluation.ijb.protocol import (DET_FPIRS, FAR_TARGETS, FeatureRows, Mode, TemplatePooling, image_features,
+                                     pair_scores, read_tar_at_far, roc_curve)
+from evaluation.ijb.identify import scores_and_searches, search_gallery
 
 MODES = [Mode(bool(n), bool(d), f) for n, d, f in itertools.product((1, 0), (1, 0), (2, 1, 0))]
 

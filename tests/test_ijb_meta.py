@@ -1,4 +1,4 @@
-"""evaluation/ijb_meta.py: the IJB metadata read as the references read it (their readers re-stated in
+"""evaluation/ijb/meta.py: the IJB metadata read as the references read it (their readers re-stated in
 tests/ijb_reference.py), whatever the whitespace, and every malformed input named by file and line."""
 
 import os
@@ -8,9 +8,9 @@ import pytest
 
 import ijb_reference as reference
 from dataset.synthetic_ijb import write_synthetic_ijb
-from evaluation import ijb_text
-from evaluation.ijb_features import load_ijb_features
-from evaluation.ijb_meta import (read_ijb_meta, read_landmarks, read_one_to_n_list, read_template_media,
+from evaluation.ijb import text as ijb_text
+from evaluation.ijb.features import load_ijb_features
+from evaluation.ijb.meta import (read_ijb_meta, read_landmarks, read_one_to_n_list, read_template_media,
                                  read_template_pairs)
 from runtime import DataFormatError, save_npz
 

@@ -19,12 +19,13 @@ import torch
 import ijb_reference as reference
 from backbone import build_backbone
 from dataset.synthetic_ijb import write_synthetic_ijb
-from evaluation.ijb_cli import main
-from evaluation.model_loading import backbone_file
+from evaluation.ijb.cli import main
+from runtime.artifacts import backbone_file
 from runtime import run_cli, save_npz
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-JSON_KEYS = {"tar_at_far", "rank1", "rank5", "rank10", "tpir_at_fpir", "mode", "images", "templates", "pairs"}
+JSON_KEYS = {"tar_at_far", "rank1", "rank5", "rank10", "tpir_at_fpir", "mode", "images", "templates", "pairs",
+             "skipped_images", "emptied_templates"}
 
 
 @pytest.fixture(scope="module")
@@ -52,21 +53,30 @@ def run(argv):
 
 
 def expected_record(root, embeddings, flipped, mode="N1D1F2", valid=None):
-    """The JSON numbers of eval_ijbc.py (1:1) and ijb_evals.py (1:N) on these features."""
+    """The JSON numbers of eval_ijbc.py (1:1) and ijb_evals.py (1:N) on these features. With `valid`,
+    the images it leaves out are gone from the image rows, and a template left with none of its
+    images is gone from the pair list and the 1:N lists (their rows filtered before the references
+    read them): what eval_ijb.py --skip-missing promises to compute."""
     meta = os.path.join(root, "meta")
     templates, medias = reference.read_template_media_list(os.path.join(meta, "ijbc_face_tid_mid.txt"))
     p1, p2, label = reference.read_template_pair_list(os.path.join(meta, "ijbc_template_pair_label.txt"))
     _, faceness = reference.read_landmarks_and_faceness(os.path.join(meta, "ijbc_name_5pts_score.txt"))
+    galleries = [reference.read_1n_csv(os.path.join(meta, f"ijbc_1N_gallery_{g}.csv")) for g in ("G1", "G2")]
+    probes = reference.read_1n_csv(os.path.join(meta, "ijbc_1N_probe_mixed.csv"))
     if valid is not None:
+        emptied = set(templates[~valid].tolist()) - set(templates[valid].tolist())
+        kept_pairs = [i for i in range(len(p1)) if p1[i] not in emptied and p2[i] not in emptied]
+        p1, p2, label = p1[kept_pairs], p2[kept_pairs], label[kept_pairs]
+        galleries, probes = ([(t[[x not in emptied for x in t]], s[[x not in emptied for x in t]]) for t, s in lists]
+                             for lists in (galleries, [probes]))
+        probes = probes[0]
         embeddings, flipped, faceness, templates, medias = (a[valid] for a in (embeddings, flipped, faceness,
                                                                                 templates, medias))
     images = reference.image_input_features(np.concatenate((embeddings, flipped), 1), faceness, mode[1] == "1",
                                             mode[3] == "1", mode[5] != "0", concat=mode[5] == "1")
     features, ids, _ = reference.image2template_feature(images, templates, medias)
     tar = reference.tpr_at_fpr(label, reference.verification(features, ids, p1, p2))
-    galleries = [reference.read_1n_csv(os.path.join(meta, f"ijbc_1N_gallery_{g}.csv")) for g in ("G1", "G2")]
-    tops, mean_tpirs, _ = reference.run_1n(images, templates, medias, galleries,
-                                           *reference.read_1n_csv(os.path.join(meta, "ijbc_1N_probe_mixed.csv")))
+    tops, mean_tpirs, _ = reference.run_1n(images, templates, medias, galleries, *probes)
     return {"tar_at_far": dict(zip(["1e-06", "1e-05", "1e-04", "1e-03", "1e-02", "1e-01"], tar)),
             "rank1": tops["top_1"], "rank5": tops["top_5"], "rank10": tops["top_10"],
             "tpir_at_fpir": {"0.01": mean_tpirs[50], "0.1": mean_tpirs[75]}, "mode": mode}
@@ -116,6 +126,7 @@ def test_checkpoint_run_resumes_an_interrupted_extraction_and_equals_the_referen
     assert status == 0 and "0 chunks computed, 4 reused" in err
 
 
+@pytest.mark.slow
 def test_features_run_is_the_command_a_user_types(tree, extracted):
     base, plan = tree
     with np.load(base / "features.npz") as saved:
@@ -158,24 +169,44 @@ def test_features_without_mirror_images_default_to_f0_and_refuse_f2(tree, tmp_pa
 
 
 def test_missing_images_stop_the_run_or_are_left_out_and_counted(tree, tmp_path):
+    """--skip-missing: an image of a several-image template and the only image of another are gone.
+    The first template pools what is left; the second is emptied, named in one line, and dropped from
+    the pairs and the 1:N lists; the JSON counts the images and templates used and those left out."""
     base, plan = tree
     root = tmp_path / "IJBC"
     shutil.copytree(base / "IJBC", root)
-    gone = plan.names[1]
-    os.remove(root / "loose_crop" / gone)
+    sizes = {t: int((plan.templates == t).sum()) for t in plan.template_subject}
+    shared = next(t for t in plan.probes if sizes[t] > 1)
+    lone = next(t for t in plan.probes if sizes[t] == 1)
+    gone = [plan.names[int(np.flatnonzero(plan.templates == shared)[0])],
+            plan.names[int(np.flatnonzero(plan.templates == lone)[0])]]
+    for name in gone:
+        os.remove(root / "loose_crop" / name)
     argv = ["--root", root, "--checkpoint", base / "backbone.pt", "--feature-dir", tmp_path / "store",
             "--out-dir", tmp_path / "out"]
     status, _, err = run(argv)
-    assert status == 1 and f"error: {root / 'loose_crop' / gone}: image listed on line 2 of " in err
+    first = min(plan.names.index(name) for name in gone)
+    assert status == 1 and f"error: {root / 'loose_crop' / plan.names[first]}: image listed on line {first + 1} of " in err
     assert "--skip-missing leaves them out" in err
     status, out, err = run(argv + ["--skip-missing", "--json", "--save-features", tmp_path / "f.npz"])
-    skipped = sum(name == gone for name in plan.names)
-    assert status == 0 and f"{skipped} of {len(plan.names)} images missing and left out of their templates" in err
+    skipped = [name in gone for name in plan.names]
+    assert status == 0, err
+    assert f"{sum(skipped)} of {len(plan.names)} images missing and left out of their templates; 1 templates " \
+           "emptied" in err
+    pairs_of_lone = int(((plan.pairs[:, 0] == lone) | (plan.pairs[:, 1] == lone)).sum())
+    row = plan.templates.tolist().index(lone)
+    assert f"template {lone} emptied: all 1 of its images are missing (first {plan.names[row]}, line {row + 1} of " in err
+    assert f"left out of {pairs_of_lone} pairs and the probe list\n" in err
     with np.load(tmp_path / "f.npz") as saved:
         embeddings, flipped, missing = saved["embeddings"], saved["embeddings_flip"], saved["missing"]
-    assert missing.tolist() == [name == gone for name in plan.names] and not embeddings[missing].any()
+    assert missing.tolist() == skipped and not embeddings[missing].any()
     record = json.loads(out)
-    assert_matches(record, expected_record(root, embeddings, flipped, valid=~missing) | {"images": len(plan.names)})
+    assert (record["images"], record["skipped_images"]) == (len(plan.names) - sum(skipped), sum(skipped))
+    assert (record["templates"], record["emptied_templates"]) == (len(plan.template_subject) - 1, 1)
+    assert record["pairs"] == len(plan.pairs) - pairs_of_lone
+    assert_matches(record, expected_record(root, embeddings, flipped, valid=~missing))
+    details = json.loads((tmp_path / "out" / "ijbc_result.json").read_text())
+    assert details["emptied_template_ids"] == [lone] and details["probes"] == len(plan.probes) - 1
     status, again, _ = run(["--root", root, "--features", tmp_path / "f.npz", "--json", "--out-dir", tmp_path])
     assert status == 0 and json.loads(again) == record
 

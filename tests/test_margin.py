@@ -42,18 +42,23 @@ def batch_on_and_off_centres(head, dtype=torch.float32):
     """Rows exactly on their class centre (cos = 1), exactly opposite (cos = -1), and random."""
     with torch.no_grad():
         head.weight.zero_()
-        head.weight[:, :NUM_CLASSES] = 0.5 * torch.eye(NUM_CLASSES)
+        centres = 0.5 * torch.eye(NUM_CLASSES)
+        if head.weight.dim() == 3:  # sub-center ArcFace: every sub-centre of a class on the same point
+            centres = centres.unsqueeze(1)
+        head.weight[..., :NUM_CLASSES] = centres
+    centre = head.weight.detach().reshape(head.weight.shape[0], -1, EMBEDDING_SIZE)[:, 0]
     labels = torch.tensor([0, 1, 2, 3, 4, 2], dtype=torch.int64)
     embeddings = torch.randn(6, EMBEDDING_SIZE, generator=torch.Generator().manual_seed(3)) * 4.0
-    embeddings[0] = 32.0 * head.weight[0].detach()  # on the centre: cos exactly 1
-    embeddings[1] = -16.0 * head.weight[1].detach()  # opposite: cos exactly -1
-    embeddings[2] = 64.0 * head.weight[2].detach()
+    embeddings[0] = 32.0 * centre[0]  # on the centre: cos exactly 1
+    embeddings[1] = -16.0 * centre[1]  # opposite: cos exactly -1
+    embeddings[2] = 64.0 * centre[2]
     return embeddings.to(dtype).requires_grad_(True), labels
 
 
 def test_registry_names_and_errors():
     assert set(MARGINS) == {
-        "softmax", "arcface", "cosface", "sphereface", "combined", "curricularface", "adaface", "magface"
+        "softmax", "arcface", "cosface", "sphereface", "combined", "curricularface", "adaface", "magface",
+        "subcenter_arcface",
     }
     assert set(AUX_LOSSES) == {"center", "agent_center"}
     with pytest.raises(ValueError, match="'arcfce'.*adaface, arcface, combined, cosface, curricularface"):
@@ -253,7 +258,7 @@ def gradcheck_head(name, hyper, norm_range, prepare=None):
     labels = torch.tensor([0, 3, 5])
     direction = F.normalize(torch.randn(3, 4, dtype=torch.float64), dim=1)
     x = (direction * torch.empty(3, 1, dtype=torch.float64).uniform_(*norm_range)).requires_grad_(True)
-    weight = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(head.weight.shape, dtype=torch.float64, requires_grad=True)
     return torch.autograd.gradcheck(lambda e, w: functional_call(head, {"weight": w}, (e, labels)), (x, weight))
 
 
@@ -268,6 +273,7 @@ GRADCHECK_CASES = {
     # The norm enters AdaFace's margin detached (the paper's design); with z_hat saturated at 1 the
     # margin is locally constant, so finite differences agree with autograd.
     "adaface": ({}, (5.0, 8.0), lambda head: (head.norm_mean.fill_(0.0), head.norm_std.fill_(1.0))),
+    "subcenter_arcface": ({"k": 3}, (1.0, 3.0), None),
 }
 
 

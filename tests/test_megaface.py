@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from evaluation.megaface import distractor_order, evaluate_megaface
-from evaluation.megaface_noise import (clean_facescrub_probes, facescrub_noise_mask, megaface_noise_mask,
+from evaluation.megaface.noise import (clean_facescrub_probes, facescrub_noise_mask, megaface_noise_mask,
                                        parse_facescrub_noises, parse_megaface_noises)
 
 DIM = 8

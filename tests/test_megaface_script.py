@@ -21,8 +21,8 @@ from backbone import build_backbone
 from runtime import run_cli
 from dataset.synthetic import SyntheticFaces
 from evaluation.megaface import evaluate_megaface
-from evaluation.megaface_noise import clean_facescrub_probes
-from evaluation.model_loading import backbone_file
+from evaluation.megaface.noise import clean_facescrub_probes
+from runtime.artifacts import backbone_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IDENTITIES, PER_IDENTITY, DISTRACTORS = 3, 3, 200
@@ -194,6 +194,7 @@ def test_results_go_beside_the_features_file_or_the_checkpoint(data, full_run, t
     assert os.listdir(tmp_path) == ["elsewhere"]
 
 
+@pytest.mark.slow
 def test_interrupted_extraction_resumes_without_recomputing(data, full_run, tmp_path, capsys, one_thread):
     _, saved = full_run
     # the devkit's JSON lists, here over a 24-image part of the distractors

@@ -1,6 +1,6 @@
-"""tools/align_faces.py and tools/compare_faces.py on a folder of real photos: matplotlib's
+"""tools/data/align_faces.py and tools/model/compare_faces.py on a folder of real photos: matplotlib's
 grace_hopper.jpg, its mirror, a rotated and scaled composite, a canvas with three faces, a blank
-image and a file that is no image. The crops go on into tools/images2rec.py and the training set
+image and a file that is no image. The crops go on into tools/data/images2rec.py and the training set
 readers; compare_faces runs with an untrained MobileFaceNet in the eval scripts' checkpoint format,
 its numbers checked against the evaluation functions called directly."""
 
@@ -22,12 +22,13 @@ from dataset.detect import detect_faces, largest_face
 from dataset.image_codec import read_image_file
 from dataset.synthetic import make_pairs
 from evaluation.features import extract_embeddings
-from evaluation.model_loading import backbone_file, load_backbone
+from evaluation.model_loading import load_backbone
+from runtime.artifacts import backbone_file
 from evaluation.verification import evaluate_verification
 from runtime import DataFormatError, UsageError, UserError, l2_normalize, run_cli
-from tools.align_faces import DONE_FILE, REPORT_FILE, main as align_main
-from tools.compare_faces import main as compare_main
-from tools.images2rec import main as images2rec_main
+from tools.data.align_faces import DONE_FILE, REPORT_FILE, main as align_main
+from tools.model.compare_faces import main as compare_main
+from tools.data.images2rec import main as images2rec_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHOTO = os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")
@@ -43,6 +44,7 @@ def one_thread():
 
 
 def run_tool(script, *args, ok=True):
+    """tools/<group>/<name>.py, as a user runs it, from the repository root."""
     result = subprocess.run([sys.executable, os.path.join(REPO, "tools", script), *map(str, args)],
                             capture_output=True, text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if ok:
@@ -79,7 +81,7 @@ def source(tmp_path_factory):
 def aligned(source, tmp_path_factory):
     """The tool run as a user runs it: two worker processes and a progress bar."""
     out = tmp_path_factory.mktemp("aligned") / "out"
-    result = run_tool("align_faces.py", source, out, "--workers", 2, "--device", "cpu")
+    result = run_tool("data/align_faces.py", source, out, "--workers", 2, "--device", "cpu")
     return out, result
 
 
@@ -88,6 +90,7 @@ def done_records(out):
         return {record["photo"]: record for record in map(json.loads, handle)}
 
 
+@pytest.mark.slow
 def test_align_faces_writes_crops_that_images2rec_and_training_read(aligned, source, tmp_path, capsys):
     out, result = aligned
     assert "6 photos: 4 aligned (4 faces)" in result.stderr
@@ -115,6 +118,7 @@ def test_align_faces_writes_crops_that_images2rec_and_training_read(aligned, sou
     assert image.shape == (112, 112, 3) and image.dtype == np.uint8
 
 
+@pytest.mark.slow
 def test_align_faces_continues_after_a_kill(aligned, source, tmp_path, capsys):
     out = tmp_path / "out"
     shutil.copytree(aligned[0], out)
@@ -143,6 +147,7 @@ def test_align_faces_continues_after_a_kill(aligned, source, tmp_path, capsys):
         align_main([str(source), str(out), "--all-faces", "--device", "cpu"])
 
 
+@pytest.mark.slow
 def test_align_faces_all_faces_and_minimum_size(source, tmp_path):
     out = tmp_path / "all"
     align_main([str(source), str(out), "--all-faces", "--format", "png", "--workers", "1", "--device", "cpu"])
@@ -194,10 +199,11 @@ def unit_features(checkpoint, paths):
     return l2_normalize(embeddings.astype(np.float64) + mirrored)
 
 
+@pytest.mark.slow
 def test_compare_faces_end_to_end_with_the_protocols_threshold(model_files, source):
     checkpoint, bin_path = model_files
     a, b = source / "grace" / "1.jpg", source / "grace" / "2.png"
-    result = run_tool("compare_faces.py", a, b, "--checkpoint", checkpoint, "--threshold-from", bin_path,
+    result = run_tool("model/compare_faces.py", a, b, "--checkpoint", checkpoint, "--threshold-from", bin_path,
                       "--device", "cpu", "--json")
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1
@@ -219,6 +225,7 @@ def test_compare_faces_end_to_end_with_the_protocols_threshold(model_files, sour
     assert pair["cosine"] > 0.9  # the photo and its mirror: the mirrored-sum feature barely changes
 
 
+@pytest.mark.slow
 def test_compare_faces_verdict_follows_the_given_threshold(model_files, source, capsys):
     checkpoint = str(model_files[0])
     photos = [str(source / "grace" / "1.jpg"), str(source / "grace" / "3.jpg")]
@@ -231,6 +238,7 @@ def test_compare_faces_verdict_follows_the_given_threshold(model_files, source, 
     assert capsys.readouterr().out.strip().endswith("different people")
 
 
+@pytest.mark.slow
 def test_compare_faces_says_when_a_photo_has_no_face_or_several(model_files, source, capsys):
     checkpoint = str(model_files[0])
     grace, crowd, blank = (str(source / p) for p in ("grace/1.jpg", "crowd/group.jpg", "nobody/blank.jpg"))

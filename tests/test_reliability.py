@@ -18,7 +18,8 @@ import pytest
 import torch
 
 import train
-from dataset import encode_image, write_bin, write_record_pack
+from dataset import ImageListDataset, RecordDataset, encode_image, write_bin, write_record_pack
+from dataset.check import scan_training_source
 from dataset.synthetic import SyntheticFaces, make_pairs
 from runtime import UserError
 from training.run_folder import lock_run_folder
@@ -63,7 +64,7 @@ def events(run_dir, kind):
 
 BAD_VALUES = [
     (["--lr_rate=0.1"], "unknown config key 'lr_rate'"),
-    (["--backbone=resnet999"], "backbone='resnet999' is invalid"),
+    (["--backbone=resnet999"], "--backbone=resnet999: unknown backbone 'resnet999'; valid: attention56,"),
     (["--head=arcfase"], "did you mean 'arcface'?"),
     (["--batch_size=0"], "batch_size=0"),
     (["--batch_size=-4"], "batch_size=-4"),
@@ -76,16 +77,15 @@ BAD_VALUES = [
     (["--embedding_size=0"], "embedding_size=0"),
     (["--weight_decay=-0.1"], "weight_decay=-0.1"),
     (["--momentum=1.0"], "momentum=1.0"),
-    (["--val_protocol=foo"], "val_protocol='foo'"),
-    (["--optimizer=adam"], "optimizer='adam'"),
-    (["--schedule=linear"], "schedule='linear'"),
+    (["--val_protocol=foo"], "unknown val_protocol 'foo'; valid: insightface, seed"),
+    (["--optimizer=adam"], "unknown optimizer 'adam'; valid: adamw, sgd"),
+    (["--schedule=linear"], "unknown schedule 'linear'; valid: cosine, multistep, poly"),
     (["--precision=fp16"], "precision 'fp16' on the CPU"),
-    (["--device=tpu"], "device='tpu'"),
-    (["--aux_loss=centre"], "aux_loss='centre'"),
+    (["--device=tpu"], "unknown device 'tpu'; valid: auto, cpu, cuda"),
+    (["--aux_loss=centre"], "unknown aux_loss 'centre'; valid: '' (none), agent_center, center"),
     (["--s=0"], "head 'arcface' refuses its options"),
     (['--head_options={"easy": true}'], "head 'arcface' refuses its options"),
     (["--head=sphereface"], "m must be an integer"),
-    (["--head=softmax", "--sample_rate=0.5"], "sample_rate=0.5"),
     (["--dropout=0.3"], "dropout=0.3 is invalid; valid: 0 for backbone 'mobilefacenet'"),
     (["--milestones=5,2"], "milestones=[5.0, 2.0]"),
     (['--backbone_options={"mask_ratio": 0.5}'], "options of mobilefacenet: none"),
@@ -125,6 +125,7 @@ def test_the_property_file_may_not_claim_fewer_classes_than_the_labels(data, tmp
         train.main(base_args(pack, tmp_path, "bad"))
 
 
+@pytest.mark.slow
 def test_a_refusal_is_one_line_with_exit_status_2_and_no_traceback(data, tmp_path):
     for extra in (["--lr_rate=0.1"], ["--batch_size=0"], ["--num_classes=3"]):
         started = time.monotonic()
@@ -138,6 +139,7 @@ def test_a_refusal_is_one_line_with_exit_status_2_and_no_traceback(data, tmp_pat
 
 # ---------------------------------------------------------------- one run per folder
 
+@pytest.mark.slow
 def test_a_second_run_on_a_held_folder_exits_at_once_naming_the_holder(data, tmp_path):
     run_dir = tmp_path / "busy"
     run_dir.mkdir()
@@ -206,6 +208,7 @@ def test_a_failing_evaluation_costs_no_checkpoint(data, tmp_path):
 
 # ---------------------------------------------------------------- SIGTERM at a step boundary, then resume
 
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_and_the_resumed_run_is_bit_identical(data, tmp_path):
     # subprocesses all three, with one thread each: a different thread count alone changes the floats
     common = ["--max_steps=7", "--flip=true", "--workers=1"]
@@ -235,6 +238,7 @@ def test_sigterm_writes_a_checkpoint_and_the_resumed_run_is_bit_identical(data, 
             assert torch.equal(value, b[part][key]), f"{part}.{key} differs after SIGTERM and resume"
 
 
+@pytest.mark.slow
 def test_a_resumed_run_draws_the_same_random_numbers(data, tmp_path):
     # ViT-T masks tokens and drops paths at random in training: a resume must replay the same draws
     vit = ["--backbone=vit_t", "--embedding_size=64", "--batch_size=8", '--backbone_options={"mask_ratio": 0.3}',
@@ -257,6 +261,7 @@ def corrupt_copy(source, target):
     (target / "id1" / "3.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
 
 
+@pytest.mark.slow
 def test_a_corrupt_image_in_a_folder_is_skipped_warned_once_and_counted(data, tmp_path):
     folder = tmp_path / "images"
     corrupt_copy(data / "images", folder)
@@ -268,6 +273,7 @@ def test_a_corrupt_image_in_a_folder_is_skipped_warned_once_and_counted(data, tm
     assert events(tmp_path / "run", "summary")[0]["skipped_records"] == 1
 
 
+@pytest.mark.slow
 def test_without_skip_corrupt_a_bad_record_stops_the_run_in_one_line(data, tmp_path):
     folder = tmp_path / "images"
     corrupt_copy(data / "images", folder)
@@ -279,24 +285,41 @@ def test_without_skip_corrupt_a_bad_record_stops_the_run_in_one_line(data, tmp_p
     assert content["step"] >= 1
 
 
+def test_a_scan_finds_the_bad_record_the_duplicate_and_the_empty_identity(data, tmp_path):
+    """dataset.check in this process (the tool that prints it is run in the test below)."""
+    folder = tmp_path / "images"
+    corrupt_copy(data / "images", folder)
+    (folder / "id2" / "copy.jpg").write_bytes((folder / "id2" / "0.jpg").read_bytes())
+    report = scan_training_source(ImageListDataset(str(folder)), num_classes=5, progress=False)
+    assert (report["records"], report["readable"], report["classes"], report["largest_label"]) == (41, 40, 5, 3)
+    assert len(report["bad_records"]) == 1 and str(folder / "id1" / "3.jpg") in report["bad_records"][0]
+    assert report["duplicate_groups"] == [[str(folder / "id2" / "0.jpg"), str(folder / "id2" / "copy.jpg")]]
+    assert report["empty_identities"] == [4] and report["ok"] is False
+    clean = scan_training_source(RecordDataset(str(data / "pack")), progress=False)
+    assert clean["ok"] and clean["records"] == 60 and clean["classes"] == 6
+
+
+@pytest.mark.slow
 def test_check_data_reports_bad_records_duplicates_and_empty_identities(data, tmp_path):
     folder = tmp_path / "images"
     corrupt_copy(data / "images", folder)
     (folder / "id2" / "copy.jpg").write_bytes((folder / "id2" / "0.jpg").read_bytes())
-    (folder / "id9").mkdir()  # an empty identity folder is not an identity: a list names the gap instead
-    result = subprocess.run([sys.executable, "tools/check_data.py", str(folder), "--json", "--workers", "2"], cwd=REPO,
+    (folder / "id9").mkdir()  # an empty identity folder, named by its folder (its label is only its sorted place)
+    result = subprocess.run([sys.executable, "tools/data/check_data.py", str(folder), "--json", "--workers", "2"], cwd=REPO,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     report = json.loads(result.stdout)
+    assert report["empty_identities"] == [4] and report["empty_identity_names"] == [str(folder / "id9")]
     assert report["records"] == 41 and report["readable"] == 40 and len(report["bad_records"]) == 1
     assert str(folder / "id1" / "3.jpg") in report["bad_records"][0]
     assert report["duplicate_groups"] == [[str(folder / "id2" / "0.jpg"), str(folder / "id2" / "copy.jpg")]]
     listing = tmp_path / "list.txt"
     listing.write_text("".join(f"id{i // 10}/{i % 10}.jpg {0 if i < 10 else 2}\n" for i in range(20) if i != 13))
-    gap = subprocess.run([sys.executable, "tools/check_data.py", str(listing), "--root", str(data / "images"),
+    gap = subprocess.run([sys.executable, "tools/data/check_data.py", str(listing), "--root", str(data / "images"),
                           "--json", "--workers", "1"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert gap.returncode == 1 and json.loads(gap.stdout)["empty_identities"] == [1]
-    clean = subprocess.run([sys.executable, "tools/check_data.py", str(data / "pack")], cwd=REPO,
+    assert json.loads(gap.stdout)["empty_identity_names"] == ["label 1"]  # a list has no folders: the label
+    clean = subprocess.run([sys.executable, "tools/data/check_data.py", str(data / "pack")], cwd=REPO,
                            capture_output=True, text=True, timeout=300)
     assert clean.returncode == 0 and clean.stdout.strip().endswith("OK")
 
@@ -314,8 +337,9 @@ def test_log_txt_has_training_lines_and_best_counts_the_evaluation_at_start(data
     assert start_record["step"] == 0 and start_record["best_accuracy"] == summary["accuracy_at_start"]["lfw"]
 
 
+@pytest.mark.slow
 def test_plot_run_reads_the_first_step_reaching_an_accuracy(data, tmp_path, capsys):
-    sys.path.insert(0, os.path.join(REPO, "tools"))
+    sys.path.insert(0, os.path.join(REPO, "tools", "monitor"))
     import plot_run
 
     train.main(base_args(data / "pack", tmp_path, "run", "--max_steps=3", "--val_sets=lfw", "--eval_at_start=true",

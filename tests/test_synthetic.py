@@ -1,4 +1,4 @@
-"""Synthetic faces (dataset/synthetic.py) and their writer (tools/make_synthetic.py)."""
+"""Synthetic faces (dataset/synthetic.py) and their writer (tools/data/make_synthetic.py)."""
 
 import os
 import subprocess
@@ -55,6 +55,7 @@ def test_identity_is_all_that_remains_at_difficulty_zero():
     assert distances[~np.eye(40, dtype=bool)].min() > 4.0
 
 
+@pytest.mark.slow
 def test_identity_survives_mild_nuisance_and_raw_pixels_lose_it_at_the_default():
     # The same pairs under a smooth knob: raw pixels still tell identities apart when nuisance
     # is mild and fall to near chance at the default, which is what makes training necessary.
@@ -132,10 +133,11 @@ def test_bad_arguments_name_the_value_and_the_choices():
 
 
 def run_tool(*args):
-    return subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_synthetic.py"),
+    return subprocess.run([sys.executable, os.path.join(REPO, "tools", "data", "make_synthetic.py"),
                            *map(str, args)], capture_output=True, text=True, cwd=REPO)
 
 
+@pytest.mark.slow
 def test_make_synthetic_writes_a_pack_and_bins_that_read_back(tmp_path):
     out, grid = tmp_path / "data", tmp_path / "grid.png"
     result = run_tool(out, "--identities", 4, "--images-per-identity", 3, "--lfw-pairs", 20,
@@ -164,6 +166,7 @@ def test_make_synthetic_writes_a_pack_and_bins_that_read_back(tmp_path):
     assert cv2.imread(str(grid)).shape == (4 + 6 * 116, 8 * 116 + 16, 3)
 
 
+@pytest.mark.slow
 def test_make_synthetic_writes_its_picture_into_the_output_folder(tmp_path):
     tracked = os.path.join(REPO, "result", "synthetic_grid.png")
     before = os.stat(tracked).st_mtime_ns if os.path.exists(tracked) else None
@@ -177,7 +180,7 @@ def test_make_synthetic_writes_its_picture_into_the_output_folder(tmp_path):
 
 def test_make_synthetic_refuses_bad_arguments(tmp_path, capsys):
     # in this process: the two tests above run the command line itself
-    from tools.make_synthetic import main as make_synthetic_main
+    from tools.data.make_synthetic import main as make_synthetic_main
     with pytest.raises(SystemExit) as refused:
         make_synthetic_main([str(tmp_path), "--lfw-pairs", "30"])
     stderr = capsys.readouterr().err

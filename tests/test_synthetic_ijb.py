@@ -1,16 +1,17 @@
 """Landmarks of synthetic faces (SyntheticFaces.render_with_landmarks) and the synthetic IJB tree
-writer (dataset/synthetic_ijb.py, tools/make_synthetic_ijb.py)."""
+writer (dataset/synthetic_ijb.py, tools/data/make_synthetic_ijb.py)."""
 
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from dataset import ARCFACE_TEMPLATE, align_face, read_image_file
 from dataset.synthetic import VARIANTS, SyntheticFaces
 from dataset.synthetic_ijb import loose_crop, plan_synthetic_ijb
-from evaluation.ijb_meta import read_ijb_meta
+from evaluation.ijb.meta import read_ijb_meta
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,8 +44,9 @@ def test_a_loose_crop_aligns_back_to_the_face_its_landmarks_came_from():
     assert ARCFACE_TEMPLATE.shape == (5, 2)
 
 
+@pytest.mark.slow
 def test_the_tool_writes_a_tree_the_evaluation_reads(tmp_path):
-    finished = subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_synthetic_ijb.py"),
+    finished = subprocess.run([sys.executable, os.path.join(REPO, "tools", "data", "make_synthetic_ijb.py"),
                                tmp_path / "IJBB", "--set", "ijbb", "--subjects", "4", "--probes-per-subject", "1"],
                               capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert finished.returncode == 0, finished.stderr

@@ -95,6 +95,7 @@ def losses(run_dir):
     return [record["loss"] for record in events(run_dir, "train")]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_matches_an_uninterrupted_run(small_pack, tmp_path, one_thread, capsys):
     # 24 images / batch 8 = 3 steps per epoch: 8 steps cross two epoch boundaries, and the kill
     # lands after the step-4 checkpoint, mid-epoch.
@@ -156,6 +157,7 @@ def sharded_two_steps(data_dir, tmp_path_factory):
     return out_dir / "moved"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sharded", [False, True], ids=["replicated_head", "sharded_head"])
 def test_two_processes_match_one_with_the_same_global_batch(data_dir, tmp_path, sharded, one_thread, request):
     # Two ranks x 8 images vs one process with two micro-batches of 8: the same samples meet the same
@@ -199,7 +201,7 @@ def _sharded_gradients(rank, world, init_file, inputs, out_dir):
     embeddings, labels = inputs["embeddings"], inputs["labels"]
     rows = len(labels) // world
     for head in HEADS:
-        classifier = ShardedClassifier(_head_factory(head), 10, DistributedContext(rank, world), seed=5)
+        classifier = ShardedClassifier(_head_factory(head), 10, DistributedContext(rank, world), sharded=True, seed=5)
         local = embeddings[rank * rows:(rank + 1) * rows].clone().requires_grad_()
         loss, _ = classifier(local, labels[rank * rows:(rank + 1) * rows])
         loss.backward()
@@ -244,9 +246,13 @@ def test_sharded_cross_entropy_is_exact(sharded_results, head):
         torch.testing.assert_close(shard["loss"], loss.detach(), rtol=1e-13, atol=0)
         torch.testing.assert_close(shard["embedding_grad"] / world, leaf.grad[rank * rows:(rank + 1) * rows],
                                    rtol=1e-12, atol=1e-15)
-        torch.testing.assert_close(shard["weight_grad"], whole.head.weight.grad, rtol=1e-12, atol=1e-15)
+        if rank == 0:  # the rows of every shard, assembled on rank 0 (None on the others)
+            torch.testing.assert_close(shard["weight_grad"], whole.head.weight.grad, rtol=1e-12, atol=1e-15)
+        else:
+            assert shard["weight_grad"] is None
 
 
+@pytest.mark.slow
 def test_sharded_checkpoint_resumes_on_one_process(data_dir, tmp_path, sharded_two_steps, one_thread, capsys):
     process = start_train(train_args(data_dir, tmp_path, "two", "--max_steps=3", "--sharded_head=true"),
                           tmp_path / "two.out", processes=2)
@@ -284,6 +290,7 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops_with_advice(small_pack, 
         assert not value.is_floating_point() or bool(torch.isfinite(value).all())
 
 
+@pytest.mark.slow
 def test_training_curves_reach_a_real_visdom_server(small_pack, tmp_path, one_thread):
     from test_visdom import free_port, run_tool, running_server
     import visdom
@@ -311,10 +318,11 @@ def test_no_visdom_server_warns_once_and_trains_on(small_pack, tmp_path, one_thr
     printed = capsys.readouterr()
     # what a user sees: the printed output and the warnings (which `python train.py` prints on stderr)
     output = printed.out + printed.err + "".join(str(warning.message) for warning in caught)
-    assert output.count("tools/visdom_server.py") == 1
+    assert output.count("tools/monitor/visdom_server.py") == 1
     assert len(losses(tmp_path / "offline")) == 2
 
 
+@pytest.mark.slow
 def test_evaluation_and_backbone_file_for_the_eval_scripts(data_dir, tmp_path, one_thread):
     summary = train_here(train_args(data_dir, tmp_path, "evaluated", "--max_steps=2", "--val_sets=lfw",
                                     "--eval_at_start=true"))
@@ -351,7 +359,7 @@ def test_config_files_hold_overrides_and_flags_are_type_checked(tmp_path):
 
 
 @pytest.mark.parametrize("argv, error, message", [
-    (["--learning_rate=0.1"], KeyError, "unknown config key 'learning_rate'; valid keys: .*backbone"),
+    (["--learning_rate=0.1"], KeyError, "unknown config key 'learning_rate'; valid: .*backbone"),
     (["--lr=fast"], ValueError, r"--lr='fast': not a valid float"),
     (["--sharded_head=maybe"], ValueError, "not a valid bool"),
     (["--epochs"], ValueError, "give a value as --epochs=VALUE"),
@@ -367,15 +375,15 @@ def test_override_file_with_wrong_type_or_unknown_key_names_the_file(tmp_path):
     with pytest.raises(TypeError, match=r"bad.py: epochs = 'many' should be int"):
         load_config([str(bad)])
     bad.write_text("epoch = 3\n")
-    with pytest.raises(KeyError, match=r"bad.py: unknown config key 'epoch'"):
+    with pytest.raises(KeyError, match=r"bad.py, line 1: unknown config key 'epoch'; valid: .* \(did you mean"):
         load_config([str(bad)])
 
 
 def test_every_shipped_config_loads():
     folder = os.path.join(REPO, "configs")
-    names = sorted(name for name in os.listdir(folder) if name.endswith(".py"))
-    assert {"demo.py", "casia_mobilefacenet_arcface.py", "casia_ir50_arcface.py", "casia_ir_se50_arcface.py",
-            "ms1m_ir100_arcface.py"} <= set(names)
-    for name in names:
-        config = load_config([os.path.join(folder, name)])
+    names = sorted(os.path.relpath(os.path.join(parent, name), folder) for parent, _, files in os.walk(folder)
+                   for name in files if name.endswith(".py"))
+    assert {"demo.py", "demo_vit.py", "seed/casia_mobilefacenet_arcface.py", "arcface_torch/ms1mv3_r100.py"} <= set(names)
+    for name in names:  # the GPU recipes train in fp16, which a CPU refuses: loaded here as on a GPU but for that
+        config = load_config([os.path.join(folder, name), "--precision=fp32"])
         assert config.batch_size > 0 and math.isfinite(config.lr)

@@ -1,4 +1,4 @@
-"""The offline Visdom server (tools/visdom_server.py) and the training-side VisdomLogger.
+"""The offline Visdom server (tools/monitor/visdom_server.py) and the training-side VisdomLogger.
 
 A real server runs on a free localhost port for the module; nothing here reaches a CDN.
 """
@@ -27,7 +27,7 @@ from training.visdom_logger import VisdomLogger
 pytestmark = pytest.mark.filterwarnings("ignore:The 'warn' method is deprecated:DeprecationWarning")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SERVER_SCRIPT = REPO_ROOT / "tools" / "visdom_server.py"
+SERVER_SCRIPT = REPO_ROOT / "tools" / "monitor" / "visdom_server.py"
 STATIC_DIR = Path(visdom.__file__).parent / "static"
 
 
@@ -67,13 +67,13 @@ def installed_assets():
     result = run_tool("--install-only")
     if result.returncode != 0:
         pytest.skip("Visdom front-end files are not installed and could not be installed "
-                    f"(run `python tools/visdom_server.py --install-only`): {result.stderr[-500:]}")
+                    f"(run `python tools/monitor/visdom_server.py --install-only`): {result.stderr[-500:]}")
     return STATIC_DIR
 
 
 @contextlib.contextmanager
 def running_server(port, env_path):
-    """A tools/visdom_server.py process that answers HTTP on `port`; stopped on exit."""
+    """A tools/monitor/visdom_server.py process that answers HTTP on `port`; stopped on exit."""
     log_path = env_path.parent / f"visdom_server_{port}.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
@@ -144,6 +144,7 @@ def test_asset_table_matches_what_visdom_build_script_downloads():
     assert "d3.v3.min.js" in source and "d3-selection-multi.v1.js" in source
 
 
+@pytest.mark.slow
 def test_second_install_writes_nothing_and_visdom_own_download_step_is_satisfied(installed_assets):
     assert (installed_assets / "version.built").read_text().strip() == visdom.__version__
     before = asset_mtimes(installed_assets)
@@ -157,6 +158,7 @@ def test_second_install_writes_nothing_and_visdom_own_download_step_is_satisfied
     assert asset_mtimes(installed_assets) == before
 
 
+@pytest.mark.slow
 def test_static_dir_install_matches_default_install(installed_assets, tmp_path):
     cached = [server_tool.NPM_CACHE_DIR / server_tool.tarball_name(spec)
               for spec in {spec for spec, _, _ in server_tool.NPM_ASSETS}]
@@ -174,6 +176,7 @@ def test_static_dir_install_matches_default_install(installed_assets, tmp_path):
         assert (custom / own_file).read_bytes() == (installed_assets / own_file).read_bytes()
 
 
+@pytest.mark.slow
 def test_server_serves_index_and_static_files_without_cdn(server, installed_assets):
     port, _ = server
     status, index = http_get(f"http://127.0.0.1:{port}/")
@@ -191,6 +194,7 @@ def test_server_serves_index_and_static_files_without_cdn(server, installed_asse
         assert body == (installed_assets / asset).read_bytes()
 
 
+@pytest.mark.slow
 def test_logged_scalars_read_back_exactly(server):
     port, env_path = server
     env = "test_logged_scalars"
@@ -219,6 +223,7 @@ def test_logged_scalars_read_back_exactly(server):
     assert set(saved["jsons"]) == {"loss", "lr"}
 
 
+@pytest.mark.slow
 def test_second_run_replaces_a_window_instead_of_appending_to_it(server):
     port, _ = server
     env = "test_rerun"
@@ -251,7 +256,7 @@ def test_logger_without_server_warns_once_and_then_does_nothing():
     messages = _runtime_warnings(caught)
     assert len(messages) == 1
     assert f"http://127.0.0.1:{port}" in messages[0]
-    assert f"python tools/visdom_server.py --port {port}" in messages[0]
+    assert f"python tools/monitor/visdom_server.py --port {port}" in messages[0]
     assert not logger.active
     assert elapsed < 2.0
 
@@ -276,6 +281,7 @@ def test_logger_gives_up_on_a_server_that_never_answers():
     assert elapsed < 3.0
 
 
+@pytest.mark.slow
 def test_logger_survives_the_server_dying_mid_run(installed_assets, tmp_path):
     port = free_port()
     with warnings.catch_warnings(record=True) as caught:
@@ -305,6 +311,7 @@ def test_disabled_logger_never_contacts_a_server_or_warns():
     assert not logger.active
 
 
+@pytest.mark.slow
 def test_front_end_is_fetched_without_node_and_matches_the_cached_tarball(tmp_path):
     # The tool downloads tarballs with Python: a PATH without node or npm must not matter.
     cached = server_tool.NPM_CACHE_DIR / "classnames-2.2.5.tgz"
@@ -322,6 +329,7 @@ def test_front_end_is_fetched_without_node_and_matches_the_cached_tarball(tmp_pa
     assert target.read_bytes() == cached.read_bytes()
 
 
+@pytest.mark.slow
 def test_a_training_run_prints_its_own_environment_and_its_curves_are_there(server, tmp_path):
     """train.py with Visdom on: log.txt names the run's environment URL (not the empty `main`), and the
     server holds that environment's loss curve at the logged steps."""

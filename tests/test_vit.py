@@ -148,7 +148,7 @@ def test_bad_rates_are_refused(option, value):
 
 
 def test_heads_that_do_not_divide_the_width_are_refused():
-    with pytest.raises(ValueError, match=r"^num_heads=3; valid: a divisor of the width 256$"):
+    with pytest.raises(ValueError, match=r"^num_heads=3; valid: a positive divisor of the width 256$"):
         build_backbone("vit_t", 512, num_heads=3)
 
 

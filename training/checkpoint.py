@@ -2,18 +2,17 @@
 
 `checkpoint.pt` is the latest TrainState (training/state.py) with the config; `checkpoint.prev.pt` the
 one before it, kept as a fallback; `backbone.pt` what the eval scripts load
-({"backbone": name, "embedding_size": D, "state_dict": ..., "config": ...}). Each is written to a
-temporary file, flushed to disk and renamed; the latest is renamed to the previous one only after
-its successor is safely written. Loading uses torch.load(weights_only=True): a checkpoint can hold
-no code.
+({"backbone": name, "embedding_size": D, "state_dict": ..., "config": ...}). Each is written by
+runtime.artifacts' atomic writer; the latest is renamed to the previous one only after its successor
+is safely written. Loading uses torch.load(weights_only=True): a checkpoint can hold no code.
 """
 
 import os
 
-import torch
+import torch.distributed as dist
 
-from evaluation.model_loading import backbone_file
-from runtime import DataFormatError, atomic_save, load_torch_file
+from runtime import UsageError
+from runtime.artifacts import ArtifactError, atomic_save, backbone_file, load_torch_file
 
 from .state import CHECKPOINT_FORMAT
 
@@ -22,34 +21,30 @@ REQUIRED_KEYS = ("format", "backbone", "head", "optimizers", "scaler", "rng", "s
 
 
 def write_checkpoint(run_dir: str, content: dict, config: dict) -> None:
-    latest, previous = os.path.join(run_dir, LATEST), os.path.join(run_dir, PREVIOUS)
-    temporary = f"{latest}.tmp{os.getpid()}"
-    try:
-        torch.save({**content, "config": config}, temporary)
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        if os.path.exists(latest):
-            os.replace(latest, previous)
-        os.replace(temporary, latest)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    atomic_save({**content, "config": config}, os.path.join(run_dir, LATEST),
+                keep_previous=os.path.join(run_dir, PREVIOUS))
     atomic_save(backbone_file(config["backbone"], config["embedding_size"], content["backbone"], config),
                 os.path.join(run_dir, BACKBONE))
 
 
 def read_checkpoint(path: str) -> dict:
-    """A train.py checkpoint of this format, or DataFormatError naming the file."""
-    content = load_torch_file(path)
+    """A train.py checkpoint of this format, or ArtifactError naming the file. Its tensors are mapped
+    from the file: each rank of a sharded head then reads only its own class rows."""
+    content = load_torch_file(path, mmap=True)
     if not isinstance(content, dict) or any(key not in content for key in REQUIRED_KEYS):
         if isinstance(content, dict) and "position" in content and "format" not in content:
-            raise DataFormatError(path, "a checkpoint of an earlier version of train.py (no 'format' entry); "
+            raise ArtifactError(path, "a checkpoint of an earlier version of train.py (no 'format' entry); "
                                         "start afresh, or keep its weights with --init_backbone=<its backbone.pt>")
-        raise DataFormatError(path, "not a train.py checkpoint (it lacks "
+        raise ArtifactError(path, "not a train.py checkpoint (it lacks "
                                     f"{', '.join(k for k in REQUIRED_KEYS if not isinstance(content, dict) or k not in content)})")
     if content["format"] != CHECKPOINT_FORMAT:
-        raise DataFormatError(path, f"checkpoint format {content['format']!r}, this train.py reads {CHECKPOINT_FORMAT}")
+        raise ArtifactError(path, f"checkpoint format {content['format']!r}, this train.py reads {CHECKPOINT_FORMAT}")
     return content
+
+
+def has_checkpoint(run_dir: str) -> bool:
+    """Whether the run folder holds a checkpoint to resume from (the latest or its fallback)."""
+    return any(os.path.exists(os.path.join(run_dir, name)) for name in (LATEST, PREVIOUS))
 
 
 def find_checkpoint(run_dir: str, explicit: str = "") -> tuple[dict | None, str | None, str | None]:
@@ -62,7 +57,7 @@ def find_checkpoint(run_dir: str, explicit: str = "") -> tuple[dict | None, str 
     if os.path.exists(latest):
         try:
             return read_checkpoint(latest), latest, None
-        except DataFormatError as error:
+        except ArtifactError as error:
             if not os.path.exists(previous):
                 raise
             note = f"{latest} cannot be read ({error.problem}); resuming from {previous}"
@@ -70,3 +65,19 @@ def find_checkpoint(run_dir: str, explicit: str = "") -> tuple[dict | None, str 
     if os.path.exists(previous):  # a crash between the two renames of write_checkpoint
         return read_checkpoint(previous), previous, f"{latest} is missing; resuming from {previous}"
     return None, None, None
+
+
+def agree_on_resume(step: int | None, run_dir: str, context) -> None:
+    """Every process resumes from the same step, or the run stops here with one line: a machine that
+    does not share the run folder finds no checkpoint (or another one) and would start afresh beside
+    ranks that resume. `step`: this process's checkpoint step, None without one."""
+    if not context.enabled:
+        return
+    steps = [None] * context.world
+    dist.all_gather_object(steps, step)
+    if len(set(steps)) > 1:
+        found = "; ".join(f"rank {rank}: {'step ' + str(s) if s is not None else 'no checkpoint'}"
+                          for rank, s in enumerate(steps))
+        raise UsageError(f"the processes disagree about {run_dir} ({found}): every machine must see the same run "
+                         "folder (a shared file system), or hold a copy of its checkpoint.pt, before the run resumes")
+

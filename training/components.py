@@ -1,5 +1,5 @@
 """Building what a run trains from its Config: backbone, classifier (replicated or sharded head),
-auxiliary loss, optimizers and GradScaler. Used by train.py and tools/benchmark.py alike."""
+auxiliary loss, optimizers and GradScaler. Used by train.py and tools/bench/benchmark.py alike."""
 
 import os
 import time
@@ -7,8 +7,8 @@ import time
 import torch
 
 from backbone import build_backbone
-from evaluation.model_loading import CheckpointError, check_fit, read_checkpoint
-from runtime import UsageError, resolve_precision
+from runtime import UnknownName, UsageError, resolve_precision
+from runtime.artifacts import ArtifactError, check_fit, read_backbone_weights
 from margin import MARGINS, build_aux_loss, build_margin
 
 from .distributed import DistributedContext, ShardedClassifier
@@ -26,16 +26,28 @@ def build_optimizer(module: torch.nn.Module, cfg) -> torch.optim.Optimizer:
               {"params": [p for p in trainable if not cfg.decay_bn_and_bias and p.dim() <= 1], "weight_decay": 0.0}]
     groups = [group for group in groups if group["params"]]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, fused=True)
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, fused=True)
+        if cfg.momentum > 0:
+            # Zero buffers make the first step buf = 0.9 x 0 + grad = grad, torch's own first step, exactly.
+            # Without them, a skipped first step (found_inf) leaves the fused SGD's new buffers uninitialised.
+            for parameter in trainable:
+                optimizer.state[parameter]["momentum_buffer"] = torch.zeros_like(parameter)
+        return optimizer
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
-    raise ValueError(f"optimizer={cfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+    raise UnknownName("optimizer", cfg.optimizer, OPTIMIZERS)
 
 
 def head_hyperparameters(cfg) -> dict:
-    """The config's s and m for the heads that declare them (softmax takes neither), then head_options."""
+    """The config's s and m for the heads that declare them (softmax takes neither), its margin_gradient
+    for those that declare `gradient` and its inter-class filtering threshold where set, then head_options."""
     declared = MARGINS[cfg.head].HYPERPARAMETERS
-    return {**{key: getattr(cfg, key) for key in ("s", "m") if key in declared}, **cfg.head_options}
+    hyper = {key: getattr(cfg, key) for key in ("s", "m") if key in declared}
+    if "gradient" in declared:
+        hyper["gradient"] = cfg.margin_gradient
+    if cfg.interclass_filtering_threshold:
+        hyper["interclass_filtering_threshold"] = cfg.interclass_filtering_threshold
+    return {**hyper, **cfg.head_options}
 
 
 def build_backbone_for(cfg) -> torch.nn.Module:
@@ -54,15 +66,15 @@ def read_initial_backbone(cfg) -> tuple[dict, str]:
     meta device: no memory, no time) before anything is built."""
     path = cfg.init_backbone
     try:
-        state_dict, stored_name, stored_size = read_checkpoint(path)
+        state_dict, stored_name, stored_size = read_backbone_weights(path)
         for key, stored, wanted in (("backbone", stored_name, cfg.backbone), ("embedding_size", stored_size,
                                                                               cfg.embedding_size)):
             if stored is not None and stored != wanted:
-                raise CheckpointError(path, f"holds {key} {stored!r}, but the config says {wanted!r}")
+                raise ArtifactError(path, f"holds {key} {stored!r}, but the config says {wanted!r}")
         with torch.device("meta"):
             skeleton = build_backbone_for(cfg)
         check_fit(state_dict, skeleton, path, f"backbone {cfg.backbone} with embedding size {cfg.embedding_size}")
-    except CheckpointError as error:
+    except ArtifactError as error:
         raise UsageError(f"init_backbone: {error}") from None
     stat = os.stat(path)
     return state_dict, f"{os.path.abspath(path)} ({stat.st_size} bytes, modified " \
@@ -77,9 +89,9 @@ def build_model(cfg, context: DistributedContext, num_classes: int):
     layout = torch.channels_last if cfg.channels_last else torch.preserve_format
     backbone = backbone.to(context.device, memory_format=layout)
     hyper = head_hyperparameters(cfg)
-    head_context = context if cfg.sharded_head else DistributedContext(device=context.device)
     classifier = ShardedClassifier(lambda classes: build_margin(cfg.head, cfg.embedding_size, classes, **hyper),
-                                   num_classes, head_context, cfg.sample_rate, cfg.seed).to(context.device)
+                                   num_classes, context, cfg.sharded_head, cfg.sample_rate, cfg.seed,
+                                   cfg.head_init).to(context.device)
     aux_loss = None
     if cfg.aux_loss:
         aux_loss = build_aux_loss(cfg.aux_loss, num_classes, cfg.embedding_size).to(context.device)
@@ -89,9 +101,11 @@ def build_model(cfg, context: DistributedContext, num_classes: int):
 def build_optimizers(cfg, backbone, classifier, aux_loss) -> tuple[dict, torch.amp.GradScaler]:
     optimizers = {"backbone": build_optimizer(backbone, cfg), "head": build_optimizer(classifier, cfg)}
     if aux_loss is not None:
-        optimizers["aux"] = torch.optim.SGD(aux_loss.parameters(), lr=cfg.aux_lr)
+        optimizers["aux"] = torch.optim.SGD(aux_loss.parameters(), lr=cfg.aux_lr, fused=True)
     device = next(backbone.parameters()).device
-    return optimizers, torch.amp.GradScaler(device.type, enabled=resolve_precision(cfg.precision, device) == "fp16")
+    scaler = torch.amp.GradScaler(device.type, growth_interval=cfg.grad_scaler_growth_interval,
+                                  enabled=resolve_precision(cfg.precision, device) == "fp16")
+    return optimizers, scaler
 
 
 def build_train_state(cfg, context: DistributedContext, num_classes: int) -> TrainState:

@@ -93,7 +93,7 @@ class BadRecords:
                 errors, fatal = decode_bad_records(report)
                 if fatal:
                     hint = "" if "no readable image" in errors[-1].problem else \
-                        " (skip_corrupt=true replaces bad records by the next one; tools/check_data.py finds them all)"
+                        " (skip_corrupt=true replaces bad records by the next one; tools/data/check_data.py finds them all)"
                     raise DataFormatError(errors[-1].path, errors[-1].problem + hint, errors[-1].where)
                 for error in errors:
                     self._note(error)

@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from margin.base import at_least_fp32
+from margin.base import Split, at_least_fp32
 from runtime import resolve_device
 
 
@@ -123,101 +123,115 @@ def shard_range(num_classes: int, rank: int, world: int) -> tuple[int, int]:
 
 
 class ShardedClassifier(nn.Module):
-    """A margin head over this rank's shard of the classes; `forward(local embeddings, local labels)
-    -> (loss, train accuracy)`, both over the global batch and identical on every rank.
+    """A margin head and its cross-entropy; `forward(local embeddings, local labels) -> (loss, train
+    accuracy)`, both over the global batch and identical on every rank.
 
-    Given a single-process context it is the ordinary, unsharded head with its cross-entropy (and
-    optional class sampling); train.py wraps that in DDP when several processes share one head."""
+    With `sharded` (Partial FC) rank r holds the classes [start_r, end_r) and sees the whole global
+    batch; otherwise the head is whole on every rank (train.py wraps it in DDP) and sees its rank's
+    rows. Either way the head is called once per micro-batch through its one entry point,
+    `head(embeddings, labels, classes, split)`, which shares across ranks what the head needs.
+    With sample_rate < 1 each call keeps the classes of the global batch that this rank holds plus
+    random others, int(sample_rate x classes held) in all (arcface_torch's PartialFC_V2.sample)."""
 
-    def __init__(self, make_head, num_classes: int, context: DistributedContext,
-                 sample_rate: float = 1.0, seed: int = 0):
+    def __init__(self, make_head, num_classes: int, context: DistributedContext, sharded: bool = False,
+                 sample_rate: float = 1.0, seed: int = 0, init: str = "default"):
         super().__init__()
-        self.start, self.end = shard_range(num_classes, context.rank, context.world)
-        self.num_classes = num_classes
-        self.head = make_head(self.end - self.start)
-        self.head.reset_parameters(self.start, seed)  # the head's own initialisation, seeded per class
-        if sample_rate < 1.0 and not self.head.cosine_margin:
-            raise ValueError(f"sample_rate < 1 needs a cosine margin head; {type(self.head).__name__} has none")
         if not 0.0 < sample_rate <= 1.0:
             raise ValueError(f"sample_rate={sample_rate} must lie in (0, 1]")
+        self.sharded = sharded and context.enabled
+        self.shard_rank = context.rank if self.sharded else 0
+        self.start, self.end = shard_range(num_classes, self.shard_rank, context.world if self.sharded else 1)
+        self.num_classes = num_classes
+        self.head = make_head(self.end - self.start)
+        self.head.reset_parameters(self.start, seed, init, num_classes)  # seeded per class: any split starts alike
         self.context = context
+        self.split = Split("classes" if self.sharded else "rows") if context.enabled else None
         self.sample_rate = sample_rate
         self.seed = seed
         self.step = 0
+        self.calls = 0  # forward calls in this step: each micro-batch draws its own sample
 
     def set_step(self, step: int) -> None:
-        self.step = step
+        self.step, self.calls = step, 0
         self.head.set_step(step)
 
-    def _sampled_logits(self, embeddings, local_labels):
-        """Logits on the local positive classes plus random negatives (Partial FC's sampling)."""
-        local_count = self.end - self.start
-        keep = max(1, int(round(self.sample_rate * local_count)))
-        positive = torch.zeros(local_count, dtype=torch.bool, device=embeddings.device)
-        positive[local_labels[local_labels >= 0]] = True
-        generator = torch.Generator(device="cpu").manual_seed(
-            (self.seed * 1_000_003 + self.step) * 4096 + self.context.rank)
-        score = torch.rand(local_count, generator=generator).to(embeddings.device) + positive.float() * 2
-        index = score.topk(max(keep, int(positive.sum()))).indices.sort().values
-        remap = torch.full((local_count,), -1, dtype=torch.long, device=embeddings.device)
-        remap[index] = torch.arange(index.numel(), device=embeddings.device)
-        sampled_labels = torch.where(local_labels >= 0, remap[local_labels.clamp(min=0)], local_labels)
-        cos = F.linear(F.normalize(embeddings, dim=1), F.normalize(self.head.weight[index], dim=1))
-        return self.head.margin_logits(cos, sampled_labels, embeddings.norm(dim=1)), sampled_labels
+    def sampling_scores(self, step: int, call: int) -> torch.Tensor:
+        """The random score [classes held] of each class for a step's `call`-th micro-batch; a
+        function of (seed, step, call, shard), so that a resumed run draws the same samples."""
+        generator = torch.Generator().manual_seed(((self.seed * 1_000_003 + step) * 64 + call) * 4096 + self.shard_rank)
+        return torch.rand(self.end - self.start, generator=generator)
 
-    def _logits_with_global_targets(self, embeddings, local_labels):
-        """For heads that judge non-target logits against the target's (CurricularFace): every
-        row's target cosine lives on exactly one rank; an all-reduce gives it to all, so the
-        hard-negative threshold and the running statistics equal the unsharded head's."""
-        cos = self.head.cosine(embeddings)
-        with torch.no_grad():
-            rows = torch.arange(cos.shape[0], device=cos.device)
-            target = torch.where(local_labels >= 0, cos[rows, local_labels.clamp(min=0)], 0.0)
-            target = at_least_fp32(target)
-            dist.all_reduce(target)
-            if self.head.training:
-                self.head.update_statistics(target)
-        return self.head.margin_logits(cos, local_labels, target_cos=target)
+    def sample(self, local_labels: torch.Tensor, all_labels: torch.Tensor):
+        """(classes [K], labels re-indexed into them): this rank's classes among `all_labels` (the
+        global batch's), then the highest-scoring others, K = max(int(sample_rate x classes held),
+        positives), in increasing class order (arcface_torch's PartialFC_V2.sample)."""
+        held = self.end - self.start
+        keep = max(1, int(self.sample_rate * held))  # arcface_torch would fail on an empty sample
+        on_shard = (all_labels >= self.start) & (all_labels < self.end)
+        positive = torch.zeros(held + 1, dtype=torch.bool, device=local_labels.device)
+        positive[torch.where(on_shard, all_labels - self.start, held)] = True  # off-shard rows mark a spare slot
+        positive = positive[:held]
+        score = self.sampling_scores(self.step, self.calls).to(local_labels.device).masked_fill(positive, 2.0)
+        # Only a batch that could hold more positives than `keep` needs their count (a host sync).
+        count = keep if keep >= min(held, all_labels.numel()) else max(keep, int(positive.sum()))
+        classes = score.topk(count).indices.sort().values
+        remap = torch.full((held,), -1, dtype=torch.long, device=local_labels.device)
+        remap[classes] = torch.arange(classes.numel(), device=local_labels.device)
+        return classes, torch.where(local_labels >= 0, remap[local_labels.clamp(min=0)], local_labels)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor):
-        all_embeddings = _GatherWithGradient.apply(embeddings) if self.context.enabled else embeddings
+        all_labels = labels
         if self.context.enabled:
             parts = [torch.empty_like(labels) for _ in range(self.context.world)]
             dist.all_gather(parts, labels)
-            labels = torch.cat(parts)
+            all_labels = torch.cat(parts)
+        if self.sharded:
+            embeddings, labels = _GatherWithGradient.apply(embeddings), all_labels
         on_shard = (labels >= self.start) & (labels < self.end)
         local_labels = torch.where(on_shard, labels - self.start, torch.full_like(labels, -1))
+        classes = None
         if self.sample_rate < 1.0:
-            logits, local_labels = self._sampled_logits(all_embeddings, local_labels)
-        elif self.context.enabled and self.head.shares_target_cosine:
-            logits = self._logits_with_global_targets(all_embeddings, local_labels)
-        else:
-            logits = self.head(all_embeddings, local_labels)
-        if not self.context.enabled:
+            classes, local_labels = self.sample(local_labels, all_labels)
+        if self.training:
+            self.calls += 1
+        logits = self.head(embeddings, local_labels, classes, self.split)
+        if not self.sharded:
             logits = at_least_fp32(logits)
             loss = F.cross_entropy(logits, local_labels)
             return loss, (logits.argmax(dim=1) == local_labels).float().mean()
         return _ShardedCrossEntropy.apply(logits, local_labels)
 
-    def full_state(self) -> dict:
-        """The head's state with the class-centre rows of every rank, in class order (all ranks call)."""
-        return {name: self.gather_rows(value) for name, value in self.head.state_dict().items()}
+    def full_state(self) -> dict | None:
+        """The head's state with the class rows of every rank, in class order, on rank 0 (None on the
+        others; every rank calls it)."""
+        state = {name: self.gather_rows(value) for name, value in self.head.state_dict().items()}
+        return state if self.context.rank == 0 else None
 
-    def gather_rows(self, value: torch.Tensor) -> torch.Tensor:
-        """Concatenate a per-class tensor (first dim = local classes) over ranks; others as they are."""
-        if not (self.context.enabled and value.dim() >= 1 and value.shape[0] == self.end - self.start):
+    def gather_rows(self, value: torch.Tensor) -> torch.Tensor | None:
+        """A per-class tensor (first dim = this rank's classes) with every rank's rows, in class order,
+        in rank 0's host memory (None on the other ranks); other tensors as they are, on the host.
+        The ranks send their rows to rank 0 one after the other, so that no rank ever holds the
+        whole tensor on its device, and rank 0 holds it once, on the host (every rank calls it)."""
+        if not (self.sharded and value.dim() >= 1 and value.shape[0] == self.end - self.start):
             return value.detach().cpu()
-        largest = -(-self.num_classes // self.context.world)
-        padded = value.new_zeros((largest, *value.shape[1:]))
-        padded[:value.shape[0]] = value.detach()
-        parts = [torch.empty_like(padded) for _ in range(self.context.world)]
-        dist.all_gather(parts, padded)
-        return torch.cat([part[:end - start] for part, (start, end) in zip(
-            parts, (shard_range(self.num_classes, r, self.context.world) for r in range(self.context.world)))]).cpu()
+        world = self.context.world
+        if self.context.rank != 0:
+            dist.send(value.detach().contiguous(), dst=0)
+            return None
+        whole = torch.empty((self.num_classes, *value.shape[1:]), dtype=value.dtype)
+        for rank in range(world):
+            start, end = shard_range(self.num_classes, rank, world)
+            if rank == 0:
+                whole[start:end] = value.detach().cpu()
+                continue
+            rows = value.new_empty((end - start, *value.shape[1:]))
+            dist.recv(rows, src=rank)
+            whole[start:end] = rows.cpu()
+        return whole
 
     def local_rows(self, value: torch.Tensor) -> torch.Tensor:
         """This rank's rows of a full per-class tensor (the inverse of gather_rows)."""
-        if value.dim() >= 1 and value.shape[0] == self.num_classes:
+        if self.sharded and value.dim() >= 1 and value.shape[0] == self.num_classes:
             return value[self.start:self.end]
         return value
 

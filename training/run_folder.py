@@ -11,7 +11,7 @@ import os
 import socket
 import time
 
-from runtime import UsageError
+from runtime import UsageError, atomic_file
 
 LOCK = "train.lock"
 
@@ -36,8 +36,12 @@ class RunFolderLock:
 
     def __enter__(self):
         if self.enabled:
-            os.makedirs(self.run_dir, exist_ok=True)
-            self.handle = lock_run_folder(self.run_dir)
+            try:
+                os.makedirs(self.run_dir, exist_ok=True)
+                self.handle = lock_run_folder(self.run_dir)
+            except OSError as error:  # a read-only file system, a folder gone or changed since the check
+                raise UsageError(f"run folder {self.run_dir}: {error.strerror or error}; choose another "
+                                 "--output_dir or --name") from None
         return self
 
     def __exit__(self, *exc) -> None:
@@ -98,7 +102,5 @@ def record_config(run_dir: str, config: dict, event: str, step: int, changes: di
     entry = {"event": event, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "step": step}
     if changes:
         entry["changes"] = {key: list(pair) for key, pair in changes.items()}
-    temporary = f"{path}.tmp{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
+    with atomic_file(path, "w") as handle:
         json.dump({**config, "history": history + [entry]}, handle, indent=2, sort_keys=True)
-    os.replace(temporary, path)

@@ -48,8 +48,8 @@ class TrainState:
 
     def state_dict(self, context, steps_per_epoch: int) -> dict | None:
         """The checkpoint content, on the main process (None elsewhere). Every process must call it:
-        the head's shards and their optimizer state are gathered into class order, so the checkpoint
-        resumes on any number of processes."""
+        the head's shards and their optimizer state are sent to rank 0 and laid out in class order
+        there, so that the checkpoint resumes on any number of processes."""
         optimizers = {name: _map_optimizer_state(optimizer.state_dict(), self.classifier.gather_rows)
                       if name == "head" else optimizer.state_dict() for name, optimizer in self.optimizers.items()}
         head = self.classifier.full_state()
@@ -77,7 +77,10 @@ class TrainState:
             saved = content["optimizers"][name]
             optimizer.load_state_dict(_map_optimizer_state(saved, self.classifier.local_rows)
                                       if name == "head" else saved)
-        self.scaler.load_state_dict(content["scaler"])
+        # A GradScaler saves {} when it is off (bf16 / fp32). A run resumed into another precision (`auto`
+        # resolves per device: bf16 on an H100, fp16 on a V100) starts the scaler afresh, or leaves it off.
+        if self.scaler.is_enabled() and content["scaler"]:
+            self.scaler.load_state_dict(content["scaler"])
         if len(content["rng"]) == context.world:
             set_rng_state(content["rng"][context.rank])
         self.step = content["step"]

@@ -7,7 +7,7 @@
 
 Each window is a line plot; each trace is one named curve in it. The logger must never slow down
 or break training: when no server answers (none started, wrong port, server gone mid-run) it
-warns once, naming the URL and how to start `tools/visdom_server.py`, and every later call
+warns once, naming the URL and how to start `tools/monitor/visdom_server.py`, and every later call
 returns at once. Every HTTP request carries a timeout, because visdom's own client posts
 without one and would block forever on a server that accepts but never answers.
 """
@@ -85,7 +85,7 @@ class VisdomLogger:
         warnings.warn(
             f"Visdom server not reachable at {self.url} ({error}); live curves are off for "
             f"env '{self.env}'. Start the offline server with "
-            f"`python tools/visdom_server.py --port {self.port}`.",
+            f"`python tools/monitor/visdom_server.py --port {self.port}`.",
             RuntimeWarning, stacklevel=3)
 
     @property
