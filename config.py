@@ -115,8 +115,9 @@ class Config:
     # arcface_torch's train_v2 backpropagates each micro-batch's loss unscaled: the step's gradient is
     # the sum over micro-batches (and its clipping sees that sum). False: the mean (the global batch's loss).
     grad_accum_sum: bool = False
-    precision: str = "auto"  # auto | bf16 | fp16 (GradScaler) | fp32; autocast on CUDA and the CPU. auto: bf16
-    #                          where the device has fast bf16 kernels, else fp16 on a GPU, fp32 on a CPU
+    precision: str = "auto"  # auto | bf16 | fp16 (GradScaler) | fp32; autocast on CUDA and the CPU. auto: on a GPU
+    #                          bf16 where it has fast bf16 kernels, else fp16; on a CPU the faster of fp32 and bf16
+    #                          for this network and batch, measured at first use and cached (backbone/cpu_choice.py)
     channels_last: bool = True  # NHWC convolutions: faster on tensor cores and on the CPU
     compile: bool = False  # torch.compile the backbone (minutes of compile time, then faster steps)
     grad_scaler_growth_interval: int = 2000  # fp16: steps without overflow before the scale doubles (arcface_torch: 100)

@@ -25,7 +25,7 @@ from evaluation.features import extract_embeddings
 from evaluation.verification import evaluate_verification
 from runtime import UserError, check_writable, prepare_device, resolve_precision
 from training.checkpoint import agree_on_resume, find_checkpoint, has_checkpoint, read_checkpoint, write_checkpoint
-from training.components import build_train_state, read_initial_backbone
+from training.components import build_train_state, cpu_training_precision, read_initial_backbone
 from training.data import BadRecords, open_training_data, open_val_sets, resolve_val_sets, training_loader
 from training.distributed import init_distributed
 from training.run_folder import RunFolderLock, config_changes, record_config, refuse_changes
@@ -104,8 +104,10 @@ def main(argv=None) -> dict:
     cfg = load_config(argv)
     context = init_distributed(cfg.device)
     device = context.device
-    # `auto` becomes the precision this device runs fast, so that config.json and the log say what ran.
-    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
+    # `auto` becomes the precision this device runs fast, so that config.json and the log say what ran
+    # (on the CPU measured below, once the inputs are known good).
+    if not (cfg.precision == "auto" and device.type == "cpu"):
+        cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
     prepare_device(device)  # CPU: reuse freed activation buffers; GPU: cuDNN times its kernels (fixed shapes)
     torch.manual_seed(cfg.seed * 1000 + context.rank)
     train_set, num_classes = open_training_data(cfg, context.world)
@@ -118,11 +120,16 @@ def main(argv=None) -> dict:
     # A resume takes every weight from its checkpoint: init_backbone is read on a fresh start only.
     fresh = explicit is None and not has_checkpoint(run_dir)
     initial_backbone = read_initial_backbone(cfg) if cfg.init_backbone and fresh else None
+    choice_lines = []
+    if cfg.precision == "auto":  # the CPU: measured here at first use, then cached (backbone/cpu_choice.py)
+        precision, choice_lines = cpu_training_precision(cfg, context)
+        cfg = dataclasses.replace(cfg, precision=precision)
     with RunFolderLock(run_dir, context.is_main):  # one train.py per run folder
-        return train(cfg, context, run_dir, train_set, val_sets, initial_backbone, explicit)
+        return train(cfg, context, run_dir, train_set, val_sets, initial_backbone, explicit, choice_lines)
 
 
-def train(cfg, context, run_dir: str, train_set, val_sets: dict, initial_backbone, explicit) -> dict:
+def train(cfg, context, run_dir: str, train_set, val_sets: dict, initial_backbone, explicit,
+          choice_lines=()) -> dict:
     # ============ run folder: a resume knows what changed ============
     device, num_classes, config = context.device, cfg.num_classes, config_to_dict(cfg)
     resumed, resumed_from, fallback_note = (explicit, cfg.resume, None) if explicit else find_checkpoint(run_dir)
@@ -135,6 +142,8 @@ def train(cfg, context, run_dir: str, train_set, val_sets: dict, initial_backbon
     log.info(f"git {git_commit(REPO_DIR)} | {context.world} process(es) on {device} in {cfg.precision} | "
              f"run folder {run_dir}")
     log.info("config: " + json.dumps(config, sort_keys=True))
+    for line in choice_lines:
+        log.info(f"cpu choice: {line}")
     if fallback_note:
         log.info(fallback_note)
         log.event("checkpoint_fallback", note=fallback_note)

@@ -17,11 +17,10 @@ CPU training step around kernels of torch 2.x / oneDNN that are slow for MobileF
   pixel matrix with the [O, C] weight; with AMX, oneDNN's matmul beats its 1x1-conv kernels
   (forward, backward-data, backward-weights), so the layer can run as `F.linear` over the NHWC view.
 
-Which of these paths each layer takes is `cpu_paths()`: a rule on the CPU's capability
-(runtime.cpu.has_amx_bf16) and on the toolchain (runtime.cpu.inductor_cpp_compiler). The depthwise
-paths are the ones measured fastest per layer on both CPU kinds (AVX-512 BF16 without AMX, and
-AMX); only the 1x1 convolution's path depends on AMX, as the matmul wins only with AMX tiles
-(`tools/bench/benchmark_layers.py` times every path on the machine at hand). None of them changes the
+Which of these paths each layer takes is `cpu_paths()`: measured per layer kind on the machine at
+first use and cached (backbone.cpu_choice, runtime.measured), never slower than the stock kernel; with
+FACE_CPU_CHOICES=rule, the fixed rule choose_cpu_paths on the CPU's capability and toolchain
+(`tools/bench/benchmark_layers.py` times every path at batch 64). None of them changes the
 mathematics, only the kernels and rounding: the tests hold every path to the stock layer. On CUDA,
 without gradients (export, evaluation) and under torch.compile / TorchScript the layers call the
 stock kernels; in an fp32 CPU step only PReLU's backward is ours.
@@ -60,17 +59,33 @@ def choose_cpu_paths(amx_bf16: bool, cpp_compiler: bool) -> dict[str, str]:
 
 _forced: dict[str, str] = {}
 _failed: dict[str, str] = {}  # kind -> the path taken instead, after the chosen one failed to build
+_measuring = False  # while the paths are being measured (their measurement runs these layers)
 
 
 @functools.lru_cache(maxsize=None)
 def _probed_paths() -> tuple[tuple[str, str], ...]:
-    return tuple(choose_cpu_paths(has_amx_bf16(), bool(inductor_cpp_compiler())).items())
+    from .cpu_choice import measured_cpu_paths  # here: it builds these layers to time them
+    return tuple(measured_cpu_paths().items())
+
+
+@contextlib.contextmanager
+def measuring_paths():
+    """Within the block the layers take the rule's paths (or forced ones) without measuring: the block
+    is the measurement, which runs them."""
+    global _measuring
+    outer, _measuring = _measuring, True
+    try:
+        yield
+    finally:
+        _measuring = outer
 
 
 def cpu_paths() -> dict[str, str]:
     """Per layer kind, the path taken in a CPU bf16-autocast training step in this process (PReLU's
-    backward: in any CPU training step)."""
-    return {**dict(_probed_paths()), **_failed, **_forced}
+    backward: in any CPU training step): measured at first use, or read from the cache of earlier
+    measurements, or by the rule choose_cpu_paths (backbone.cpu_choice, runtime.measured)."""
+    base = choose_cpu_paths(has_amx_bf16(), bool(inductor_cpp_compiler())) if _measuring else dict(_probed_paths())
+    return {**base, **_failed, **_forced}
 
 
 def cpu_step_report(features: dict, paths: dict[str, str], precision: str) -> str:

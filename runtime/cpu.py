@@ -7,6 +7,7 @@ so it answers the question that matters to us: will oneDNN run its AMX kernels h
 """
 
 import functools
+import hashlib
 import logging
 import os
 import platform
@@ -55,6 +56,26 @@ def _cpuinfo() -> tuple[str, frozenset[str]]:
     except OSError:  # not Linux
         model, flags = "", frozenset()
     return model or platform.processor() or platform.machine(), flags
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_identity() -> str:
+    """The CPU model name with its family and model numbers and a digest of its feature flags: cloud
+    machines often name every Xeon "Intel(R) Xeon(R) Processor", so the name alone does not tell kinds apart."""
+    name, flags = _cpuinfo()
+    numbers = {}
+    try:
+        with open(CPUINFO, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() in ("cpu family", "model") and key.strip() not in numbers:
+                    numbers[key.strip()] = value.strip()
+                if len(numbers) == 2:
+                    break
+    except OSError:
+        pass
+    digest = hashlib.sha1(" ".join(sorted(flags)).encode()).hexdigest()[:8]
+    return f"{name}, family {numbers.get('cpu family', '?')} model {numbers.get('model', '?')}, flags {digest}"
 
 
 def onednn_isa_cap() -> str | None:

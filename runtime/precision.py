@@ -1,8 +1,10 @@
 """Reduced precision: one table and one autocast for training, evaluation and the benchmarks.
 
-`auto` (the training default) is bf16 where the device has fast bf16 kernels, else the next best:
-fp16 with a GradScaler on a GPU without bf16 tensor cores, fp32 on a CPU without oneDNN's bf16
-kernels (an AVX2-only CPU runs bf16 autocast many times slower than fp32; docs/benchmarks.md).
+`auto` (the training default) is, by the rule here, bf16 where the device has fast bf16 kernels, else
+the next best: fp16 with a GradScaler on a GPU without bf16 tensor cores, fp32 on a CPU without
+oneDNN's bf16 kernels (an AVX2-only CPU runs bf16 autocast many times slower than fp32). On the CPU,
+train.py and the benchmarks measure instead (backbone/cpu_choice.py); the rule is what a measurement
+falls back to with FACE_CPU_CHOICES=rule and what bounds its candidates.
 """
 
 import contextlib

@@ -6,6 +6,10 @@ import pytest
 # Tests import the packages and run the tools from the repository root, as a user does.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
+# The CPU precision and layer paths by their fixed rule, in this process and every one it starts: a
+# test's result must not depend on how busy the machine was when a choice was measured
+# (tests/test_cpu_choice.py measures, in a cache folder of its own).
+os.environ["FACE_CPU_CHOICES"] = "rule"
 
 
 @pytest.fixture

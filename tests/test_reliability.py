@@ -174,6 +174,7 @@ def test_resume_refuses_a_new_model_and_logs_a_new_schedule(data, tmp_path):
 
 # ---------------------------------------------------------------- checkpoints
 
+@pytest.mark.slow
 def test_an_unreadable_checkpoint_falls_back_to_the_previous_one(data, tmp_path):
     args = base_args(data / "pack", tmp_path, "run", "--save_freq=1")
     train.main(args + ["--max_steps=3"])

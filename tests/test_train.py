@@ -336,6 +336,7 @@ def test_evaluation_and_backbone_file_for_the_eval_scripts(data_dir, tmp_path, o
     assert json.load(open(tmp_path / "evaluated" / "config.json"))["max_steps"] == 2
 
 
+@pytest.mark.slow
 def test_auto_precision_is_recorded_as_the_precision_that_ran(small_pack, tmp_path, one_thread):
     from runtime import resolve_precision
     train_here(train_args(small_pack, tmp_path, "auto", "--batch_size=8", "--max_steps=1", "--precision=auto"))

@@ -5,9 +5,11 @@ import os
 import time
 
 import torch
+import torch.distributed as dist
 
 from backbone import build_backbone
-from runtime import UnknownName, UsageError, resolve_precision
+from backbone.cpu_choice import layer_choice_lines, measured_precision
+from runtime import UnknownName, UsageError, measured, resolve_precision
 from runtime.artifacts import ArtifactError, check_fit, read_backbone_weights
 from margin import MARGINS, build_aux_loss, build_margin
 
@@ -48,6 +50,22 @@ def head_hyperparameters(cfg) -> dict:
     if cfg.interclass_filtering_threshold:
         hyper["interclass_filtering_threshold"] = cfg.interclass_filtering_threshold
     return {**hyper, **cfg.head_options}
+
+
+def cpu_training_precision(cfg, context) -> tuple[str, list[str]]:
+    """(precision, log lines) of `auto` on the CPU: what this network's pass at this run's micro-batch
+    ran fastest in here (backbone.cpu_choice: measured at first use, then cached), with the layer paths
+    and the times that chose them. Rank 0 decides; every rank takes its choice."""
+    record = None
+    if context.rank == 0:
+        micro_batch = max(1, cfg.batch_size // (context.world * cfg.grad_accum))
+        record = measured_precision(cfg.backbone, cfg.embedding_size, micro_batch, dict(cfg.backbone_options))
+    if context.enabled:
+        shared = [record]
+        dist.broadcast_object_list(shared, src=0)
+        record = shared[0]
+    lines = [measured.describe(record["family"], record)] + (layer_choice_lines() if context.rank == 0 else [])
+    return record["choice"], lines
 
 
 def build_backbone_for(cfg) -> torch.nn.Module:

@@ -8,8 +8,8 @@ ArcMarginProduct: cos = normalize(x) . normalize(W)^T, sin = sqrt(1 - cos^2),
 phi = cos cos(m) - sin sin(m), phi = where(cos > cos(pi - m), phi, cos - sin(pi - m) m), a dense
 [B, C] one-hot, logits = s (one_hot phi + (1 - one_hot) cos); cross-entropy; SGD (momentum 0.9,
 weight decay 5e-4) on the backbone and the head, with glibc's default allocator. Ours: train.py's
-step (training/step.py) with the default settings (precision auto: bf16 autocast where the CPU has
-oneDNN's bf16 kernels, else fp32; channels_last, the gather/scatter margin head, the recycling CPU
+step (training/step.py) with the default settings (precision auto: the faster of fp32 and bf16 autocast
+for the network and batch, measured here or read from the cache as train.py does; channels_last, the gather/scatter margin head, the recycling CPU
 allocator), and in fp32 for a like-for-like row. On a CPU without fast bf16 the bf16 column is left
 out unless --slow-bf16 asks for it (it runs many times slower than fp32 there). One column gives the
 old step with our allocator setting alone, to show how much of the gain that is. The same network
@@ -34,9 +34,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository root
 from backbone import BACKBONES, build_backbone  # noqa: E402
+from backbone.cpu_choice import layer_choice_lines, measured_precision  # noqa: E402
 from backbone.layers import DepthwiseConv2d, PointwiseConv2d, PReLU, cpu_paths, cpu_step_report  # noqa: E402
 from config import Config  # noqa: E402
-from runtime import keep_freed_cpu_memory, positive_int, resolve_precision, run_cli  # noqa: E402
+from runtime import keep_freed_cpu_memory, measured, positive_int, resolve_precision, run_cli  # noqa: E402
 from runtime.cpu import cpu_features  # noqa: E402
 from training.components import build_train_state  # noqa: E402
 from training.distributed import DistributedContext  # noqa: E402
@@ -184,23 +185,29 @@ def main(argv=None):
     if args.measure:
         print(measure(args.measure, *rows[0], args))
         return
-    cpu, paths, precision = cpu_features(), cpu_paths(), resolve_precision("auto", torch.device("cpu"))
-    variants = chosen_variants(precision, args.compile, args.slow_bf16)
+    cpu, paths = cpu_features(), cpu_paths()
     if not args.json:
-        print(cpu_step_report(cpu, paths, precision), flush=True)
+        print(cpu_step_report(cpu, paths, resolve_precision("auto", torch.device("cpu"))), flush=True)
+        print("\n".join(f"cpu choice: {line}" for line in layer_choice_lines()), flush=True)
     table = []
     for name, batch in rows:
-        row = {"backbone": name, "batch_size": batch}
-        for variant in variants:
+        # `auto` as train.py resolves it for this network and batch: measured here, or cached.
+        choice = measured_precision(name, 128 if name == "mobilefacenet" else 512, batch)
+        row = {"backbone": name, "batch_size": batch, "default_precision": choice["choice"]}
+        if not args.json:
+            print(f"cpu choice: {measured.describe(choice['family'], choice)}", flush=True)
+        for variant in chosen_variants(choice["choice"], args.compile, args.slow_bf16):
             row[variant] = round(measure_in_fresh_process(variant, name, batch, args), 2)
             if variant != "old_fp32":
                 row[f"{variant}_speedup"] = round(row[variant] / row["old_fp32"], 2)
+        row["default_speedup"] = row[f"ours_{choice['choice']}_speedup"]
         table.append(row)
         if not args.json:
             print("  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     if args.json:
         print(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": cpu,
-                          "cpu_paths": paths, "default_precision": precision, "rows": table}))
+                          "cpu_paths": paths, "cpu_choices": [measured.describe(f, r) for f, r in measured.decided().items()],
+                          "rows": table}))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,10 @@ the A/B) and max_rss_gb is the process's peak resident memory; on CUDA max_memor
 backward pass (IR nets, ViTs): run it and the plain step as separate processes to compare the peaks.
 Every result names the CPU's model and features (runtime.cpu.cpu_features: AMX, AVX-512 BF16, AVX-512,
 torch's capability, oneDNN's version, threads) and the per-layer paths of backbone.layers.cpu_paths
-that a CPU step takes on it.
+that a CPU step takes on it. With --dtype auto on the CPU (the default, as train.py's), the precision
+and the layer paths are chosen by measuring them here, or read from the cache of an earlier
+measurement (backbone/cpu_choice.py); `cpu_choices` says what was chosen and the times that chose it.
+--profile N runs N more steps under torch.profiler and lists the ops that take the step's time.
 --csv FILE appends the result as a row (to a file with the same columns); --json prints one JSON object.
 """
 
@@ -36,10 +39,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository root
 from backbone import BACKBONES, backbone_options  # noqa: E402
 from backbone.complexity import count_macs  # noqa: E402
+from backbone.cpu_choice import layer_choice_lines, measured_precision  # noqa: E402
 from backbone.layers import PATH_CHOICES, cpu_paths, forced_cpu_paths  # noqa: E402
 from config import Config, validate  # noqa: E402
-from runtime import (PRECISION_CHOICES, UnknownName, check_writable, keep_freed_cpu_memory, positive_int,  # noqa: E402
-                     resolve_precision, run_cli)
+from runtime import (PRECISION_CHOICES, UnknownName, check_writable, keep_freed_cpu_memory, measured,  # noqa: E402
+                     positive_int, resolve_precision, run_cli)
 from runtime.cpu import cpu_features  # noqa: E402
 from training.components import build_model, build_train_state  # noqa: E402
 from training.distributed import DistributedContext  # noqa: E402
@@ -84,8 +88,21 @@ def loader_batches(pack: str, cfg: Config, device):
             yield from loader
 
 
+def profile_steps(step, batches, steps: int, top: int = 12) -> list:
+    """[(op, ms per step, share of the step's self time)] of the `top` ops by self time over `steps`
+    more steps, from torch.profiler: where a step's time goes."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        for _ in range(steps):
+            step(batches)
+    events = profiler.key_averages()
+    total = sum(event.self_cpu_time_total for event in events) or 1.0
+    ranked = sorted(events, key=lambda event: event.self_cpu_time_total, reverse=True)[:top]
+    return [(event.key, round(event.self_cpu_time_total / 1000 / steps, 2), round(event.self_cpu_time_total / total, 3))
+            for event in ranked]
+
+
 def time_training(cfg: Config, device, num_classes: int, steps: int, warmup: int, pack: str | None,
-                  sync_each_step: bool = False) -> dict:
+                  sync_each_step: bool = False, profile: int = 0) -> dict:
     context = DistributedContext(device=device)
     state = build_train_state(cfg, context, num_classes)
     backbone = state.backbone
@@ -114,6 +131,8 @@ def time_training(cfg: Config, device, num_classes: int, steps: int, warmup: int
         result["max_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     elif sys.platform.startswith("linux"):  # the process's peak resident memory so far (ru_maxrss is in KiB)
         result["max_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    if profile:
+        result["profile"] = profile_steps(step, batches, profile)
     return result
 
 
@@ -169,8 +188,8 @@ def main(argv=None):
     parser.add_argument("--num-classes", type=positive_int, default=10575)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cuda", "cpu"))
     parser.add_argument("--dtype", default="auto", choices=PRECISION_CHOICES,
-                        help="autocast precision; auto as train.py's default (bf16 where the device has fast bf16 "
-                             "kernels, else fp16 on a GPU, fp32 on a CPU)")
+                        help="autocast precision; auto as train.py's default (on a GPU bf16 where it has fast bf16 "
+                             "kernels, else fp16; on the CPU the faster of fp32 and bf16, measured here)")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--grad-checkpoint", action="store_true",
                         help="gradient checkpointing of the backbone (IR nets and ViTs)")
@@ -193,11 +212,14 @@ def main(argv=None):
     parser.add_argument("--eval", action="store_true", help="also time extraction, verification, MegaFace")
     parser.add_argument("--megaface-distractors", type=positive_int, default=100_000)
     parser.add_argument("--csv", help="append the result to this CSV file (e.g. result/benchmark.csv)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="after the timing, N more steps under torch.profiler: the ops that take the step's time")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.loader and not args.loader.startswith("rec:"):
         parser.error(f"--loader {args.loader!r}: expected rec:PATH")
-    for flag, value in (("--warmup", args.warmup), ("--threads", args.threads), ("--workers", args.workers)):
+    for flag, value in (("--warmup", args.warmup), ("--threads", args.threads), ("--workers", args.workers),
+                        ("--profile", args.profile)):
         if value < 0:
             parser.error(f"{flag} {value}: must be 0 or more")
     if args.csv:
@@ -213,14 +235,19 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     recycling_allocator = not args.default_allocator and keep_freed_cpu_memory(device)
-    precision = resolve_precision(args.dtype, device)
+    embedding_size = args.embedding_size or (128 if args.backbone == "mobilefacenet" else 512)
+    choices = []
+    if args.dtype == "auto" and device.type == "cpu":  # as train.py chooses: measured here, or cached
+        record = measured_precision(args.backbone, embedding_size, args.batch_size)
+        precision, choices = record["choice"], [measured.describe(record["family"], record), *layer_choice_lines()]
+    else:
+        precision = resolve_precision(args.dtype, device)
     # PReLU's backward path applies to any CPU step; the convolutions' paths to CPU steps in bf16.
     bf16_only = sorted(kind for kind in forced_paths if kind != "prelu_backward")
     if forced_paths and (device.type != "cpu" or (bf16_only and precision != "bf16")):
         parser.error(f"--cpu-paths: {', '.join(bf16_only or forced_paths)} apply to a CPU step"
                      f"{' in bf16' if bf16_only else ''}, and this one runs in {precision} on {device.type} "
                      f"(--dtype {args.dtype}); give --device cpu{' --dtype bf16' if bf16_only else ''}")
-    embedding_size = args.embedding_size or (128 if args.backbone == "mobilefacenet" else 512)
     cfg = Config(backbone=args.backbone, embedding_size=embedding_size, head=args.head, s=64.0, m=0.5,
                  batch_size=args.batch_size, precision=precision, compile=args.compile,
                  grad_checkpoint=args.grad_checkpoint,
@@ -237,11 +264,12 @@ def main(argv=None):
               "grad_checkpoint": args.grad_checkpoint,
               "channels_last": cfg.channels_last, "sharded_head": args.sharded_head, "sample_rate": args.sample_rate,
               "loader": args.loader or "device-resident", "recycling_allocator": recycling_allocator,
-              "torch": torch.__version__, **cpu_features()}
+              "torch": torch.__version__, **cpu_features(),
+              "cpu_choices": "; ".join(choices) or "none measured (--dtype given, or not a CPU)"}
     with forced_cpu_paths(**forced_paths):
         result["cpu_paths"] = ";".join(f"{kind}={path}" for kind, path in cpu_paths().items())
         result.update(time_training(cfg, device, args.num_classes, args.steps, args.warmup,
-                                    args.loader[4:] if args.loader else None, args.sync_each_step))
+                                    args.loader[4:] if args.loader else None, args.sync_each_step, args.profile))
         result["sync_each_step"] = args.sync_each_step
     if args.eval:
         result.update(time_evaluation(cfg, device, args.megaface_distractors))
@@ -250,7 +278,11 @@ def main(argv=None):
         print(json.dumps(result))
     else:
         for key, value in result.items():
-            print(f"{key:32s} {value}")
+            if key == "profile":
+                print("profile (op, ms per step, share of the step):")
+                print("\n".join(f"  {name:48s} {ms:9.2f} {share:6.1%}" for name, ms, share in value))
+            else:
+                print(f"{key:32s} {value}")
     if args.csv:
         os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
         new = not os.path.exists(args.csv) or os.path.getsize(args.csv) == 0

@@ -1,0 +1,116 @@
+"""The CPU layer paths and the CPU precision, chosen by measuring them here (runtime.measured).
+
+Two kinds of family:
+
+- ``layer/<kind>``: each layer kind of backbone.layers.PATH_CHOICES, every path it can take timed
+  forward + backward at MobileFaceNet's shapes of that kind (batch 16), in the dtype a step runs them in;
+- ``precision/<network>-<embedding>/b<batch>``: one network's training pass (forward and backward, the
+  layer paths as chosen) in fp32 and under bf16 autocast, at the batch of one process (at most 64).
+
+The stock candidate is the stock kernel (layers) and fp32 (precision): a choice is never slower than
+them. The fixed rules (``FACE_CPU_CHOICES=rule``, the tests' mode) are backbone.layers.choose_cpu_paths
+and runtime.precision.choose_precision.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from runtime import measured
+from runtime.cpu import has_amx_bf16, has_onednn_bf16, inductor_cpp_compiler
+from runtime.precision import choose_precision
+
+from . import build_backbone
+from .layers import (PATH_CHOICES, DepthwiseConv2d, PointwiseConv2d, PReLU, choose_cpu_paths, cpu_paths,
+                     forced_cpu_paths, measuring_paths)
+
+MEASURED_BATCH = 16
+# MobileFaceNet's shapes per layer kind at batch 16: PReLU inputs; 1x1 convs (input, output channels);
+# stride-2 depthwise inputs; the global depthwise input.
+SHAPES = {
+    "prelu_backward": [(16, 64, 56, 56), (16, 128, 28, 28), (16, 256, 14, 14)],
+    "pointwise_conv": [((16, 64, 56, 56), 128), ((16, 128, 28, 28), 64), ((16, 128, 14, 14), 256),
+                       ((16, 256, 14, 14), 128)],
+    "strided_depthwise_conv": [(16, 128, 56, 56), (16, 256, 28, 28), (16, 512, 14, 14)],
+    "global_depthwise_conv": [(16, 512, 7, 7)],
+}
+
+
+def _layer_and_input(kind: str, spec, dtype: torch.dtype):
+    shape = spec[0] if kind == "pointwise_conv" else spec
+    channels = shape[1]
+    if kind == "prelu_backward":
+        layer = PReLU(channels)
+    elif kind == "pointwise_conv":
+        layer = PointwiseConv2d(channels, spec[1], 1, bias=False)
+    elif kind == "strided_depthwise_conv":
+        layer = DepthwiseConv2d(channels, channels, 3, stride=2, padding=1, groups=channels, bias=False)
+    else:
+        layer = DepthwiseConv2d(channels, channels, shape[2], groups=channels, bias=False)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=generator).to(dtype).contiguous(memory_format=torch.channels_last)
+    return layer.to(memory_format=torch.channels_last), x.requires_grad_()
+
+
+def _layer_pass(kind: str, path: str, dtype: torch.dtype):
+    """run(): forward + backward of every shape of `kind` on `path`, as a step runs them."""
+    cases = [_layer_and_input(kind, spec, dtype) for spec in SHAPES[kind]]
+
+    def run() -> None:
+        with forced_cpu_paths(**{kind: path}), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            for layer, x in cases:
+                out = layer(x)
+                torch.autograd.grad(out, (x, layer.weight), torch.ones_like(out))
+    return run
+
+
+def measured_cpu_paths() -> dict[str, str]:
+    """Per layer kind, the path a CPU training step takes here (measured, cached, or by the rule)."""
+    with measuring_paths():
+        return _measure_paths()
+
+
+def _measure_paths() -> dict[str, str]:
+    rule = choose_cpu_paths(has_amx_bf16(), bool(inductor_cpp_compiler()))
+    bf16 = has_onednn_bf16()
+    paths = {}
+    for kind, choices in PATH_CHOICES.items():
+        if kind != "prelu_backward" and not bf16:
+            paths[kind] = rule[kind]  # the convolutions' paths apply only to bf16 steps, which this CPU does not run
+            continue
+        # PReLU's paths apply in fp32 steps too: timed in the dtype the step here runs.
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        usable = [path for path in choices if path != "fused" or inductor_cpp_compiler()]
+        candidates = {path: _layer_pass(kind, path, dtype) for path in usable}
+        paths[kind] = measured.choose(f"layer/{kind}", candidates, stock=choices[0], rule=rule[kind])["choice"]
+    return paths
+
+
+def layer_choice_lines() -> list[str]:
+    """One line per layer family measured or read from the cache in this process: its choice and the
+    times that chose it."""
+    return [measured.describe(family, record) for family, record in measured.decided("layer/").items()]
+
+
+def measured_precision(network: str, embedding_size: int, batch_size: int, options: dict | None = None) -> dict:
+    """The record (runtime.measured.choose) of the precision `network` trains fastest in here, at a
+    process batch of `batch_size`: fp32 or bf16 (a candidate only where oneDNN has bf16 kernels)."""
+    batch = max(2, min(batch_size, 64))
+    family = f"precision/{network}-{embedding_size}/b{batch}"
+    rule = choose_precision("cpu", has_onednn_bf16())
+    if not has_onednn_bf16():
+        return {"choice": "fp32", "ms": {}, "how": "no bf16 kernels on this CPU", "date": "", "family": family}
+    torch.manual_seed(0)
+    model = build_backbone(network, embedding_size, **(options or {})).to(memory_format=torch.channels_last).train()
+    images = torch.randn(batch, 3, 112, 112).contiguous(memory_format=torch.channels_last)
+
+    def step(bf16: bool):
+        def run() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = model(images).float().square().mean()
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+        return run
+    cpu_paths()  # the layer paths are decided (measured) before the bf16 pass is timed with them
+    record = measured.choose(family, {"fp32": step(False), "bf16": step(True)}, stock="fp32", rule=rule)
+    return {**record, "family": family}
