@@ -211,7 +211,8 @@ def test_face_compare_reproduces_compare_faces(tools, mobilefacenet, tmp_path):
             result = run_tool(tools["face_compare"], package, tmp_path / a, tmp_path / b, "--threshold", threshold,
                               "--json")
             pair = json.loads(result.stdout)["pairs"][0]
-            assert abs(pair["cosine"] - expected["cosine"]) <= 1e-9
+            # The tool runs on one thread (CHILD_ENV), this process on two: oneDNN sums in another order.
+            assert abs(pair["cosine"] - expected["cosine"]) <= 1e-6
             assert pair["same"] == expected["same"] == (threshold < reference)
         assert abs(pair["cosine"] - python_verdicts(eager, crop_a, crop_b, 0.0)["cosine"]) <= 1e-5
         cosines.append(pair["cosine"])

@@ -627,7 +627,7 @@ def test_benchmark_runs_facenet_pytorch_beside_the_detector_and_finds_them_equal
     for name in ("three faces on grey", "cut by the borders"):
         image = cv2.cvtColor(composite(photo, name), cv2.COLOR_RGB2BGR)
         cv2.imwrite(str(tmp_path / f"{name.replace(' ', '_')}.png"), image)
-    tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "benchmark_detect.py")
+    tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "bench", "benchmark_detect.py")
     result = subprocess.run([sys.executable, tool, "--images", str(tmp_path), "--runs", "2", "--threads", "1",
                              "--facenet-pytorch", "--json"], capture_output=True, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
