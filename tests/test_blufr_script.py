@@ -5,8 +5,6 @@ line (the script's body run in this process, as `python eval_blufr.py` runs it).
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,28 +15,15 @@ import eval_blufr
 from backbone import build_backbone
 from evaluation.blufr import evaluate_blufr, read_blufr_config, write_blufr_config
 from runtime.artifacts import backbone_file
-from runtime import run_cli
+from script_runs import run
+from script_runs import run_here as run_script_here
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--blufr-identities", "24", "--max-images", "4", "--deepglint-identities", "3", "--images-per-identity", "2",
          "--distractors", "4"]
 
 
-def run(*args):
-    return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
-
-
 def run_here(capsys, *args):
-    """(exit status, stdout, stderr) of eval_blufr.py's body in this process."""
-    capsys.readouterr()
-    status, message = 0, ""
-    try:
-        run_cli(lambda: eval_blufr.main([str(arg) for arg in args]))
-    except SystemExit as stopped:
-        status, message = (1, stopped.code + "\n") if isinstance(stopped.code, str) else (stopped.code or 0, "")
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err + message
+    return run_script_here(capsys, eval_blufr.main, *args)
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,6 @@ benchmark tool runs at a tiny size."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,28 +18,15 @@ from evaluation.deepglint import evaluate_deepglint, list_images, read_feature_b
 from evaluation.feature_store import Embedder
 from evaluation.model_loading import load_backbone
 from runtime.artifacts import backbone_file
-from runtime import run_cli
+from script_runs import run
+from script_runs import run_here as run_script_here
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--blufr-identities", "12", "--max-images", "3", "--deepglint-identities", "3", "--images-per-identity", "3",
          "--distractors", "9"]
 
 
-def run(*args):
-    return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
-
-
 def run_here(capsys, *args):
-    """(exit status, stdout, stderr) of eval_deepglint.py's body in this process."""
-    capsys.readouterr()
-    status, message = 0, ""
-    try:
-        run_cli(lambda: eval_deepglint.main([str(arg) for arg in args]))
-    except SystemExit as stopped:
-        status, message = (1, stopped.code + "\n") if isinstance(stopped.code, str) else (stopped.code or 0, "")
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err + message
+    return run_script_here(capsys, eval_deepglint.main, *args)
 
 
 @pytest.fixture(scope="module")
