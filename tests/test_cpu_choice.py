@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from backbone.layers import PATH_CHOICES
+from backbone.layers import PATH_CHOICES, _probed_paths
 from runtime import UnknownName, measured
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,11 +20,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture
 def measuring(tmp_path, monkeypatch):
     """Mode `measure` with an empty cache in tmp_path; this process's decisions forgotten before and after."""
+    _probed_paths.cache_clear()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv(measured.MODE_VARIABLE, "measure")
     measured.forget()
     yield tmp_path
     measured.forget()
+    _probed_paths.cache_clear()  # a layer's first bf16 pass here measured the paths: later tests take the rule
 
 
 def counted(work):
