@@ -25,18 +25,21 @@ from .layers import (PATH_CHOICES, DepthwiseConv2d, PointwiseConv2d, PReLU, choo
                      forced_cpu_paths, measuring_paths)
 
 MEASURED_BATCH = 16
-# MobileFaceNet's shapes per layer kind at batch 16: PReLU inputs; 1x1 convs (input, output channels);
-# stride-2 depthwise inputs; the global depthwise input.
+# MobileFaceNet's shapes per layer kind, at the measured batch: PReLU inputs; 1x1 convs (input shape,
+# output channels); stride-2 depthwise inputs; the global depthwise input.
 SHAPES = {
-    "prelu_backward": [(16, 64, 56, 56), (16, 128, 28, 28), (16, 256, 14, 14)],
-    "pointwise_conv": [((16, 64, 56, 56), 128), ((16, 128, 28, 28), 64), ((16, 128, 14, 14), 256),
-                       ((16, 256, 14, 14), 128)],
-    "strided_depthwise_conv": [(16, 128, 56, 56), (16, 256, 28, 28), (16, 512, 14, 14)],
-    "global_depthwise_conv": [(16, 512, 7, 7)],
+    "prelu_backward": [(MEASURED_BATCH, 64, 56, 56), (MEASURED_BATCH, 128, 28, 28), (MEASURED_BATCH, 256, 14, 14)],
+    "pointwise_conv": [((MEASURED_BATCH, 64, 56, 56), 128), ((MEASURED_BATCH, 128, 28, 28), 64),
+                       ((MEASURED_BATCH, 128, 14, 14), 256), ((MEASURED_BATCH, 256, 14, 14), 128)],
+    "strided_depthwise_conv": [(MEASURED_BATCH, 128, 56, 56), (MEASURED_BATCH, 256, 28, 28),
+                               (MEASURED_BATCH, 512, 14, 14)],
+    "global_depthwise_conv": [(MEASURED_BATCH, 512, 7, 7)],
 }
 
 
-def _layer_and_input(kind: str, spec, dtype: torch.dtype):
+def layer_for(kind: str, spec) -> tuple[torch.nn.Module, tuple]:
+    """(channels_last layer of `kind` as MobileFaceNet has it, its input shape) for one `spec` of
+    SHAPES' form: an input shape, or for a 1x1 conv (input shape, output channels)."""
     shape = spec[0] if kind == "pointwise_conv" else spec
     channels = shape[1]
     if kind == "prelu_backward":
@@ -47,9 +50,14 @@ def _layer_and_input(kind: str, spec, dtype: torch.dtype):
         layer = DepthwiseConv2d(channels, channels, 3, stride=2, padding=1, groups=channels, bias=False)
     else:
         layer = DepthwiseConv2d(channels, channels, shape[2], groups=channels, bias=False)
+    return layer.to(memory_format=torch.channels_last), shape
+
+
+def _layer_and_input(kind: str, spec, dtype: torch.dtype):
+    layer, shape = layer_for(kind, spec)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=generator).to(dtype).contiguous(memory_format=torch.channels_last)
-    return layer.to(memory_format=torch.channels_last), x.requires_grad_()
+    return layer, x.requires_grad_()
 
 
 def _layer_pass(kind: str, path: str, dtype: torch.dtype):

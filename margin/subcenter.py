@@ -71,9 +71,11 @@ def dominant_subcentres(weight: torch.Tensor, embeddings: torch.Tensor, labels: 
 
 
 @torch.no_grad()
-def angles_to_dominant(weight: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """[N] angle in degrees between each embedding and its label's dominant sub-centre
-    (``dominant_subcentres``); the paper drops images beyond 75 degrees as label noise."""
+def angles_to_dominant(weight: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor,
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(angles [N] in degrees between each embedding and its label's dominant sub-centre, those
+    centres [C, D] as ``dominant_subcentres`` gives them); the paper drops images beyond 75 degrees as
+    label noise."""
     centres, _ = dominant_subcentres(weight, embeddings, labels)
     cos = (F.normalize(embeddings.double(), dim=1) * centres.double()[labels]).sum(dim=1)
-    return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0)))
+    return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0))), centres

@@ -96,7 +96,8 @@ def test_the_dominant_sub_centre_is_the_one_most_images_are_nearest():
     centres, counts = dominant_subcentres(weight, embeddings, labels)
     assert counts.tolist() == [[1, 0, 2], [1, 0, 1]]
     torch.testing.assert_close(centres, directions[[2, 3]].float())  # class 1's tie: the lower index
-    angles = angles_to_dominant(weight, embeddings, labels)
+    angles, dominant = angles_to_dominant(weight, embeddings, labels)
+    torch.testing.assert_close(dominant, centres)
     assert angles[2].item() == pytest.approx(90.0, abs=1e-9)  # the image on class 0's other sub-centre
     assert angles[0].item() == pytest.approx(math.degrees(math.atan(0.1)), abs=1e-9)
     plain, _ = dominant_subcentres(weight[:, 0], embeddings, labels)  # a plain head: its centre itself

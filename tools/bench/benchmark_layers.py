@@ -24,8 +24,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository root
-from backbone.layers import (PATH_CHOICES, DepthwiseConv2d, PointwiseConv2d, PReLU, cpu_paths,  # noqa: E402
-                             cpu_step_report, forced_cpu_paths)
+from backbone.cpu_choice import layer_for  # noqa: E402
+from backbone.layers import PATH_CHOICES, PReLU, cpu_paths, cpu_step_report, forced_cpu_paths  # noqa: E402
 from runtime import keep_freed_cpu_memory, positive_int, resolve_precision, run_cli  # noqa: E402
 from runtime.cpu import cpu_features  # noqa: E402
 
@@ -61,9 +61,10 @@ def backward_ms(layer, shape, repeats, include_forward: bool, paths=None) -> flo
     return round(1000 * statistics.median(once() for _ in range(repeats)), 2)
 
 
-def path_row(name, kind, layer, shape, repeats) -> dict:
-    """Forward + backward of `layer` on every path of `kind`, the chosen one and the fastest."""
-    layer = layer.to(memory_format=torch.channels_last)
+def path_row(name, kind, spec, repeats) -> dict:
+    """Forward + backward of the layer of `kind` at `spec` (backbone.cpu_choice.layer_for) on every path
+    of `kind`, the chosen one and the fastest."""
+    layer, shape = layer_for(kind, spec)
     times = {path: backward_ms(layer, shape, repeats, include_forward=True, paths={kind: path})
              for path in PATH_CHOICES[kind]}
     return {"layer": name, "shape": list(shape), "ms": times, "chosen": cpu_paths()[kind],
@@ -85,16 +86,11 @@ def main(argv=None):
                       for path in PATH_CHOICES["prelu_backward"]})
         rows.append({"layer": "prelu backward", "shape": list(shape), "ms": times,
                      "chosen": cpu_paths()["prelu_backward"], "fastest": min(times, key=times.get)})
-    for shape, out_channels in POINTWISE_SHAPES:
-        layer = PointwiseConv2d(shape[1], out_channels, 1, bias=False)
-        rows.append(path_row("pointwise conv forward+backward", "pointwise_conv", layer, shape, args.repeats))
+    for spec in POINTWISE_SHAPES:
+        rows.append(path_row("pointwise conv forward+backward", "pointwise_conv", spec, args.repeats))
     for shape in STRIDED_DEPTHWISE_SHAPES:
-        layer = DepthwiseConv2d(shape[1], shape[1], 3, stride=2, padding=1, groups=shape[1], bias=False)
-        rows.append(path_row("stride-2 depthwise forward+backward", "strided_depthwise_conv", layer, shape,
-                             args.repeats))
-    channels = GLOBAL_DEPTHWISE_SHAPE[1]
-    layer = DepthwiseConv2d(channels, channels, GLOBAL_DEPTHWISE_SHAPE[2], groups=channels, bias=False)
-    rows.append(path_row("global depthwise forward+backward", "global_depthwise_conv", layer, GLOBAL_DEPTHWISE_SHAPE,
+        rows.append(path_row("stride-2 depthwise forward+backward", "strided_depthwise_conv", shape, args.repeats))
+    rows.append(path_row("global depthwise forward+backward", "global_depthwise_conv", GLOBAL_DEPTHWISE_SHAPE,
                          args.repeats))
     report = {"cpu": cpu_features(), "cpu_paths": cpu_paths(), "torch": torch.__version__,
               "default_precision": resolve_precision("auto", torch.device("cpu")), "rows": rows}

@@ -31,7 +31,7 @@ from dataset.image_sequence import ImageSequence  # noqa: E402
 from dataset.label_noise import read_flips  # noqa: E402
 from evaluation.features import extract_embeddings  # noqa: E402
 from evaluation.model_loading import load_backbone  # noqa: E402
-from margin import angles_to_dominant, dominant_subcentres  # noqa: E402
+from margin import angles_to_dominant  # noqa: E402
 from runtime import DataFormatError, UsageError, atomic_file, check_writable, positive_int, run_cli  # noqa: E402
 from training.checkpoint import BACKBONE, LATEST, read_checkpoint  # noqa: E402
 
@@ -85,14 +85,14 @@ def main(argv=None) -> None:
     features = torch.from_numpy(embeddings + mirrored)
     label_tensor = torch.from_numpy(labels)
     weight = head_weight.detach().float()
-    angles = angles_to_dominant(weight, features, label_tensor).numpy()
+    angles, centres = angles_to_dominant(weight, features, label_tensor)
+    angles = angles.numpy()
     suspect = np.flatnonzero(angles > args.max_angle)
     suspect = suspect[np.argsort(-angles[suspect], kind="stable")]
     with atomic_file(args.out, "w") as handle:
         handle.write("key\tlabel\tangle\n")
         handle.writelines(f"{index + 1}\t{labels[index]}\t{angles[index]:.2f}\n" for index in suspect)
     if args.centres:
-        centres, _ = dominant_subcentres(weight, features, label_tensor)
         with atomic_file(args.centres) as handle:
             np.save(handle, centres.numpy().astype(np.float32))
     result = {"images": int(len(labels)), "suspect": int(len(suspect)), "max_angle": args.max_angle,
