@@ -42,7 +42,7 @@ demo: setup $(DEMO_DATA)/.complete
 # Every test (what CI runs), and the fast tier: every module's logic without the end-to-end runs
 # marked slow (pytest.ini registers the marker).
 test: setup visdom-assets
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 test-fast: setup visdom-assets
 	$(PY) -m pytest -q -m "not slow" tests

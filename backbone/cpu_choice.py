@@ -101,15 +101,19 @@ def layer_choice_lines() -> list[str]:
 
 
 def measured_precision(network: str, embedding_size: int, batch_size: int, options: dict | None = None) -> dict:
-    """The record (runtime.measured.choose) of the precision `network` trains fastest in here, at a
-    process batch of `batch_size`: fp32 or bf16 (a candidate only where oneDNN has bf16 kernels)."""
+    """The record (runtime.measured.choose) of the precision `network`, built with `options` (as
+    training.components.backbone_build_options gives them), trains fastest in here at a process batch
+    of `batch_size`: fp32 or bf16 (a candidate only where oneDNN has bf16 kernels)."""
     batch = max(2, min(batch_size, 64))
-    family = f"precision/{network}-{embedding_size}/b{batch}"
+    options = dict(options or {})
+    # options such as grad_checkpoint change the pass's speed: each set of them is its own family
+    family = f"precision/{network}-{embedding_size}/b{batch}" + "".join(
+        f"/{key}={options[key]}" for key in sorted(options))
     rule = choose_precision("cpu", has_onednn_bf16())
     if not has_onednn_bf16():
         return {"choice": "fp32", "ms": {}, "how": "no bf16 kernels on this CPU", "date": "", "family": family}
     torch.manual_seed(0)
-    model = build_backbone(network, embedding_size, **(options or {})).to(memory_format=torch.channels_last).train()
+    model = build_backbone(network, embedding_size, **options).to(memory_format=torch.channels_last).train()
     images = torch.randn(batch, 3, 112, 112).contiguous(memory_format=torch.channels_last)
 
     def step(bf16: bool):

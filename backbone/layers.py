@@ -90,10 +90,11 @@ def cpu_paths() -> dict[str, str]:
 
 def cpu_step_report(features: dict, paths: dict[str, str], precision: str) -> str:
     """Two lines for a CPU benchmark's head: the CPU's features (runtime.cpu.cpu_features), then the
-    default precision and the paths a bf16 step takes (cpu_paths); the caller passes the ones its
-    JSON report holds."""
+    precision the fixed rule gives (runtime.precision.choose_precision; `auto` is measured per network,
+    on the `cpu choice:` lines) and the paths a bf16 step takes (cpu_paths); the caller passes the
+    ones its JSON report holds."""
     return ("  ".join(f"{key}={value}" for key, value in features.items())
-            + f"\ndefault precision: {precision}; bf16 cpu_paths: "
+            + f"\nprecision by the rule: {precision} (auto measures it per network); bf16 cpu_paths: "
             + ", ".join(f"{kind}={path}" for kind, path in paths.items()))
 
 

@@ -49,12 +49,17 @@ def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
 
 
 @functools.lru_cache(maxsize=None)
-def _cpuinfo() -> tuple[str, frozenset[str]]:
+def _cpuinfo_text() -> str:
     try:
         with open(CPUINFO, encoding="utf-8", errors="replace") as handle:
-            model, flags = parse_cpuinfo(handle.read())
+            return handle.read()
     except OSError:  # not Linux
-        model, flags = "", frozenset()
+        return ""
+
+
+@functools.lru_cache(maxsize=None)
+def _cpuinfo() -> tuple[str, frozenset[str]]:
+    model, flags = parse_cpuinfo(_cpuinfo_text())
     return model or platform.processor() or platform.machine(), flags
 
 
@@ -64,16 +69,12 @@ def cpu_identity() -> str:
     machines often name every Xeon "Intel(R) Xeon(R) Processor", so the name alone does not tell kinds apart."""
     name, flags = _cpuinfo()
     numbers = {}
-    try:
-        with open(CPUINFO, encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                if key.strip() in ("cpu family", "model") and key.strip() not in numbers:
-                    numbers[key.strip()] = value.strip()
-                if len(numbers) == 2:
-                    break
-    except OSError:
-        pass
+    for line in _cpuinfo_text().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("cpu family", "model") and key.strip() not in numbers:
+            numbers[key.strip()] = value.strip()
+        if len(numbers) == 2:
+            break
     digest = hashlib.sha1(" ".join(sorted(flags)).encode()).hexdigest()[:8]
     return f"{name}, family {numbers.get('cpu family', '?')} model {numbers.get('model', '?')}, flags {digest}"
 

@@ -132,3 +132,18 @@ def test_train_py_logs_the_measured_choice_and_then_reads_it_from_the_cache(meas
     precision_again, lines_again = run("second")
     assert precision_again == precision
     assert "(cached " in lines_again[0] or "(no bf16 kernels" in lines_again[0]
+
+
+def test_each_set_of_backbone_options_is_its_own_precision_family(tmp_path):
+    """grad_checkpoint and dropout change the pass's speed: a run built with them is not given the plain
+    network's measurement. train.py measures the backbone as it builds it."""
+    from backbone.cpu_choice import measured_precision
+    from config import Config
+    from training.components import backbone_build_options, build_backbone_for
+    cfg = Config(backbone="ir18", grad_checkpoint=True, dropout=0.2, output_dir=str(tmp_path))
+    options = backbone_build_options(cfg)
+    assert options == {"grad_checkpoint": True, "dropout": 0.2}
+    assert build_backbone_for(cfg).grad_checkpoint
+    record = measured_precision("ir18", 512, 8, options)  # the tests' mode: the rule, nothing timed
+    assert record["family"] == "precision/ir18-512/b8/dropout=0.2/grad_checkpoint=True"
+    assert measured_precision("ir18", 512, 8)["family"] == "precision/ir18-512/b8"

@@ -6,19 +6,19 @@ process boundary matters."""
 
 import json
 import os
-import runpy
 import shutil
 import subprocess
 import sys
 import tempfile
 
 import pytest
-import torch
 
 import train
 from config import ConfigError, load_config
 from dataset import write_record_pack
 from dataset.synthetic import SyntheticFaces
+
+from script_runs import run_script  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,37 +56,6 @@ def test_a_fine_tune_resumes_after_its_initial_weights_file_is_gone(pack, tmp_pa
     assert f"every weight comes from it (the run started from init_backbone {initial}" in log_text(tmp_path / "tuned")
 
 
-def run_as_other_user(argv: list[str]) -> tuple[int, str]:
-    """`python train.py ARGV` as user `nobody` when the tests run as root (file permissions do not bind
-    root), as this user otherwise: a forked child (the interpreter lives under /root, which `nobody`
-    cannot execute) that runs train.py as __main__. (exit status, stderr)."""
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:  # the child: never returns into pytest
-        status = 70
-        try:
-            torch.set_num_threads(1)  # a forked child must not enter OpenMP's pool (libgomp is not fork-safe)
-            os.close(read_end)
-            os.dup2(write_end, 2)
-            sys.stderr = os.fdopen(2, "w", encoding="utf-8")  # pytest's capture object is not fd 2
-            if os.geteuid() == 0:
-                os.setgid(65534)
-                os.setuid(65534)
-            sys.argv = ["train.py", *argv]
-            runpy.run_path(os.path.join(REPO, "train.py"), run_name="__main__")
-            status = 0
-        except SystemExit as exit_:
-            status = exit_.code if isinstance(exit_.code, int) else 1
-        finally:
-            sys.stderr.flush()
-            os._exit(status)
-    os.close(write_end)
-    with os.fdopen(read_end, encoding="utf-8", errors="replace") as handle:
-        stderr = handle.read()
-    _, status = os.waitpid(child, 0)
-    return os.waitstatus_to_exitcode(status), stderr
-
-
 @pytest.mark.slow
 def test_an_output_dir_that_cannot_be_written_is_refused_at_start_in_one_line(pack):
     shared = tempfile.mkdtemp(prefix="surfaces_")  # a folder the other user can reach (pytest's is 0700)
@@ -100,7 +69,8 @@ def test_an_output_dir_that_cannot_be_written_is_refused_at_start_in_one_line(pa
         locked = os.path.join(shared, "locked")
         os.mkdir(locked, 0o555)
         os.chmod(locked, 0o555)
-        status, stderr = run_as_other_user(args(os.path.join(shared, "pack"), locked, "run")[1:])
+        status, _, stderr = run_script("train.py", args(os.path.join(shared, "pack"), locked, "run")[1:],
+                                       other_user=True)
         assert status == 2, stderr[-3000:]
         assert stderr.strip().splitlines()[-1].startswith(f"error: run folder {locked}/run: {locked} cannot be written")
         assert "Traceback" not in stderr

@@ -10,14 +10,12 @@ root ignores file permissions."""
 
 import json
 import os
-import runpy
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import traceback
 
 import cv2
 import numpy as np
@@ -45,51 +43,9 @@ from runtime.artifacts import PARTIAL_SUFFIX, backbone_file
 from tools.data.check_data import main as check_data_main
 from tools.model.compare_faces import main as compare_main
 
+from script_runs import run_script  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOBODY = 65534
-
-
-def run_script(script: str, argv, other_user: bool = False, before=None) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of `python SCRIPT ARGV` from the repository root: a forked child
-    that runs the script as __main__, as user `nobody` with `other_user` (when the tests run as
-    root), after `before()` when given (set-up that needs the child's process id)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        child = os.fork()
-        if child == 0:  # the child: never returns into pytest
-            # One thread: a forked child that enters an OpenMP parallel region after its parent has used
-            # OpenMP's threads waits forever for threads it does not have (libgomp is not fork-safe).
-            torch.set_num_threads(1)
-            status = 70
-            try:
-                os.dup2(out.fileno(), 1)
-                os.dup2(err.fileno(), 2)
-                sys.stdout = os.fdopen(1, "w", encoding="utf-8")  # pytest's capture objects are not fds 1, 2
-                sys.stderr = os.fdopen(2, "w", encoding="utf-8")
-                if other_user and os.geteuid() == 0:
-                    os.setgid(NOBODY)
-                    os.setuid(NOBODY)
-                if before is not None:
-                    before()
-                sys.argv = [script, *map(str, argv)]
-                runpy.run_path(os.path.join(REPO, script), run_name="__main__")
-                status = 0
-            except SystemExit as stop:
-                if isinstance(stop.code, str):  # what the interpreter does with sys.exit("message")
-                    print(stop.code, file=sys.stderr)
-                status = 1 if isinstance(stop.code, str) else stop.code or 0
-            except BaseException:  # noqa: BLE001 -- printed as the interpreter would, for the assertion
-                traceback.print_exc()
-                status = 1
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(status)
-        _, wait = os.waitpid(child, 0)
-        out.seek(0)
-        err.seek(0)
-        return os.waitstatus_to_exitcode(wait), out.read().decode(), err.read().decode()
-
-
 def one_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err

@@ -59,7 +59,7 @@ def cpu_training_precision(cfg, context) -> tuple[str, list[str]]:
     record = None
     if context.rank == 0:
         micro_batch = max(1, cfg.batch_size // (context.world * cfg.grad_accum))
-        record = measured_precision(cfg.backbone, cfg.embedding_size, micro_batch, dict(cfg.backbone_options))
+        record = measured_precision(cfg.backbone, cfg.embedding_size, micro_batch, backbone_build_options(cfg))
     if context.enabled:
         shared = [record]
         dist.broadcast_object_list(shared, src=0)
@@ -68,14 +68,19 @@ def cpu_training_precision(cfg, context) -> tuple[str, list[str]]:
     return record["choice"], lines
 
 
-def build_backbone_for(cfg) -> torch.nn.Module:
-    """The config's backbone, with the options it sets (on the CPU, not yet laid out)."""
+def backbone_build_options(cfg) -> dict:
+    """The keyword options the config's backbone is built with: backbone_options, dropout, grad_checkpoint."""
     options = dict(cfg.backbone_options)
     if cfg.dropout:
         options["dropout"] = cfg.dropout
     if cfg.grad_checkpoint:
         options["grad_checkpoint"] = True
-    return build_backbone(cfg.backbone, cfg.embedding_size, **options)
+    return options
+
+
+def build_backbone_for(cfg) -> torch.nn.Module:
+    """The config's backbone, with the options it sets (on the CPU, not yet laid out)."""
+    return build_backbone(cfg.backbone, cfg.embedding_size, **backbone_build_options(cfg))
 
 
 def read_initial_backbone(cfg) -> tuple[dict, str]:

@@ -2,6 +2,7 @@
 
     python tools/bench/baseline_old_step.py                  # MobileFaceNet b64, IR-50 b16, ViT-T b32; 10,575 classes
     python tools/bench/baseline_old_step.py --json --compile
+    python tools/bench/baseline_old_step.py --rows mobilefacenet:64 --rounds 5   # medians of 5 alternating rounds
 
 The old step (the repository this one succeeds): fp32, NCHW tensors, the backbone, then its
 ArcMarginProduct: cos = normalize(x) . normalize(W)^T, sin = sqrt(1 - cos^2),
@@ -17,7 +18,7 @@ definitions are used for both, except that the old step gets torch's stock nn.PR
 where ours has backbone/layers.py's faster-on-the-CPU equivalents (the same parameters and outputs),
 so the ratio measures the step, not a different architecture. Each figure comes from its own process.
 The report starts with the CPU's model and features (runtime.cpu.cpu_features: AMX, AVX-512 BF16,
-torch's capability, oneDNN's version, threads), the default precision, and the per-layer paths our
+torch's capability, oneDNN's version, threads), the rule's precision, and the per-layer paths our
 bf16 step takes on it (backbone.layers.cpu_paths), since the ratio depends on all of them.
 """
 
@@ -25,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -173,6 +175,9 @@ def main(argv=None):
     parser.add_argument("--num-classes", type=positive_int, default=10575)
     parser.add_argument("--steps", type=positive_int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=positive_int, default=1,
+                        help="measure every column this many times, the columns in turn each round; each figure "
+                             "is then the median over rounds, each speedup the median of the rounds' ratios")
     parser.add_argument("--compile", action="store_true", help="also time ours with torch.compile")
     parser.add_argument("--slow-bf16", action="store_true",
                         help="also time ours in bf16 on a CPU without fast bf16 kernels, where the default is fp32")
@@ -196,10 +201,18 @@ def main(argv=None):
         row = {"backbone": name, "batch_size": batch, "default_precision": choice["choice"]}
         if not args.json:
             print(f"cpu choice: {measured.describe(choice['family'], choice)}", flush=True)
-        for variant in chosen_variants(choice["choice"], args.compile, args.slow_bf16):
-            row[variant] = round(measure_in_fresh_process(variant, name, batch, args), 2)
+        variants = chosen_variants(choice["choice"], args.compile, args.slow_bf16)
+        # Rounds: the machine's speed drifts between processes, so the old step and ours are timed in
+        # turn, and a ratio is taken within a round before the median over rounds.
+        rounds = [{variant: measure_in_fresh_process(variant, name, batch, args) for variant in variants}
+                  for _ in range(args.rounds)]
+        for variant in variants:
+            row[variant] = round(statistics.median(figures[variant] for figures in rounds), 2)
             if variant != "old_fp32":
-                row[f"{variant}_speedup"] = round(row[variant] / row["old_fp32"], 2)
+                row[f"{variant}_speedup"] = round(statistics.median(figures[variant] / figures["old_fp32"]
+                                                                    for figures in rounds), 2)
+        if args.rounds > 1:
+            row["rounds"] = [{variant: round(figure, 2) for variant, figure in figures.items()} for figures in rounds]
         row["default_speedup"] = row[f"ours_{choice['choice']}_speedup"]
         table.append(row)
         if not args.json:

@@ -238,7 +238,8 @@ def main(argv=None):
     embedding_size = args.embedding_size or (128 if args.backbone == "mobilefacenet" else 512)
     choices = []
     if args.dtype == "auto" and device.type == "cpu":  # as train.py chooses: measured here, or cached
-        record = measured_precision(args.backbone, embedding_size, args.batch_size)
+        record = measured_precision(args.backbone, embedding_size, args.batch_size,
+                                    {"grad_checkpoint": True} if args.grad_checkpoint else {})
         precision, choices = record["choice"], [measured.describe(record["family"], record), *layer_choice_lines()]
     else:
         precision = resolve_precision(args.dtype, device)

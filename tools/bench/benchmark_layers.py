@@ -93,11 +93,11 @@ def main(argv=None):
     rows.append(path_row("global depthwise forward+backward", "global_depthwise_conv", GLOBAL_DEPTHWISE_SHAPE,
                          args.repeats))
     report = {"cpu": cpu_features(), "cpu_paths": cpu_paths(), "torch": torch.__version__,
-              "default_precision": resolve_precision("auto", torch.device("cpu")), "rows": rows}
+              "rule_precision": resolve_precision("auto", torch.device("cpu")), "rows": rows}
     if args.json:
         print(json.dumps(report))
         return
-    print(cpu_step_report(report["cpu"], report["cpu_paths"], report["default_precision"]))
+    print(cpu_step_report(report["cpu"], report["cpu_paths"], report["rule_precision"]))
     for row in rows:
         times = "  ".join(f"{path} {ms:8.2f}" for path, ms in row["ms"].items())
         print(f"{row['layer']:36s} {str(row['shape']):20s} {times}   ms; chosen {row['chosen']}, fastest {row['fastest']}")
