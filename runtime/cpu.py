@@ -33,19 +33,21 @@ class _DropMessage(logging.Filter):
 logging.getLogger("torch.utils.cpp_extension").addFilter(_DropMessage("No CUDA runtime is found"))
 
 
-def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
-    """(model name, feature flags) of the first processor listed in a /proc/cpuinfo text."""
-    model, flags = "", frozenset()
+def _first_values(text: str) -> dict[str, str]:
+    """Each key of a /proc/cpuinfo text with its first non-empty value: the first processor's."""
+    values = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and not model:
-            model = value.strip()
-        elif key == "flags" and not flags:  # x86; other architectures say "Features"
-            flags = frozenset(value.split())
-        elif key == "Features" and not flags:
-            flags = frozenset(value.split())
-    return model, flags
+        if value.strip():
+            values.setdefault(key.strip(), value.strip())
+    return values
+
+
+def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
+    """(model name, feature flags) of the first processor listed in a /proc/cpuinfo text."""
+    values = _first_values(text)
+    flags = values.get("flags") or values.get("Features", "")  # x86; other architectures say "Features"
+    return values.get("model name", ""), frozenset(flags.split())
 
 
 @functools.lru_cache(maxsize=None)
@@ -68,15 +70,9 @@ def cpu_identity() -> str:
     """The CPU model name with its family and model numbers and a digest of its feature flags: cloud
     machines often name every Xeon "Intel(R) Xeon(R) Processor", so the name alone does not tell kinds apart."""
     name, flags = _cpuinfo()
-    numbers = {}
-    for line in _cpuinfo_text().splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("cpu family", "model") and key.strip() not in numbers:
-            numbers[key.strip()] = value.strip()
-        if len(numbers) == 2:
-            break
+    values = _first_values(_cpuinfo_text())
     digest = hashlib.sha1(" ".join(sorted(flags)).encode()).hexdigest()[:8]
-    return f"{name}, family {numbers.get('cpu family', '?')} model {numbers.get('model', '?')}, flags {digest}"
+    return f"{name}, family {values.get('cpu family', '?')} model {values.get('model', '?')}, flags {digest}"
 
 
 def onednn_isa_cap() -> str | None:

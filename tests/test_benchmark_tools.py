@@ -93,14 +93,13 @@ def test_old_step_baseline_compares_both_steps():
     result = run_json("tools/bench/baseline_old_step.py", "--rows", "mobilefacenet:4", "--num-classes", "50",
                       "--steps", "1", "--warmup", "0", "--rounds", "2", "--json")
     assert [row["backbone"] for row in result["rows"]] == ["mobilefacenet"]
+    default = resolve_precision("auto", torch.device("cpu"))  # the rule: the tests run FACE_CPU_CHOICES=rule
     for row in result["rows"]:  # each figure the median of its rounds, each speedup the median of the rounds' ratios
         rounds = row["rounds"]
         assert len(rounds) == 2 and row["old_fp32"] == pytest.approx(statistics.median(r["old_fp32"] for r in rounds),
                                                                      abs=0.011)
         assert row["ours_fp32_speedup"] == pytest.approx(
             statistics.median(r["ours_fp32"] / r["old_fp32"] for r in rounds), rel=0.01, abs=0.011)
-    default = resolve_precision("auto", torch.device("cpu"))  # the rule: the tests run FACE_CPU_CHOICES=rule
-    for row in result["rows"]:
         assert row["default_precision"] == default and row["default_speedup"] == row[f"ours_{default}_speedup"]
         assert row["old_fp32"] > 0 and row[f"ours_{default}_speedup"] > 0 and row["ours_fp32_speedup"] > 0
         assert ("ours_bf16" in row) is (default == "bf16")  # where bf16 is slow, only --slow-bf16 times it

@@ -137,9 +137,14 @@ def chosen_variants(default_precision: str, compile: bool, slow_bf16: bool) -> l
     return variants
 
 
+def embedding_size(backbone: str) -> int:
+    """The embedding each row compares at: MobileFaceNet's 128, the others' 512."""
+    return 128 if backbone == "mobilefacenet" else 512
+
+
 def measure(variant, backbone, batch, args) -> float:
     """images/s of one variant, in the current (fresh) process."""
-    embedding = 128 if backbone == "mobilefacenet" else 512
+    embedding = embedding_size(backbone)
     step, recycle, compile = VARIANTS[variant]
     if recycle:
         keep_freed_cpu_memory(torch.device("cpu"))
@@ -197,7 +202,7 @@ def main(argv=None):
     table = []
     for name, batch in rows:
         # `auto` as train.py resolves it for this network and batch: measured here, or cached.
-        choice = measured_precision(name, 128 if name == "mobilefacenet" else 512, batch)
+        choice = measured_precision(name, embedding_size(name), batch)
         row = {"backbone": name, "batch_size": batch, "default_precision": choice["choice"]}
         if not args.json:
             print(f"cpu choice: {measured.describe(choice['family'], choice)}", flush=True)

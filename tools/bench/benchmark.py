@@ -27,6 +27,7 @@ measurement (backbone/cpu_choice.py); `cpu_choices` says what was chosen and the
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import resource
@@ -45,7 +46,7 @@ from config import Config, validate  # noqa: E402
 from runtime import (PRECISION_CHOICES, UnknownName, check_writable, keep_freed_cpu_memory, measured,  # noqa: E402
                      positive_int, resolve_precision, run_cli)
 from runtime.cpu import cpu_features  # noqa: E402
-from training.components import build_model, build_train_state  # noqa: E402
+from training.components import backbone_build_options, build_model, build_train_state  # noqa: E402
 from training.distributed import DistributedContext  # noqa: E402
 from training.step import TrainStep  # noqa: E402
 
@@ -236,21 +237,8 @@ def main(argv=None):
     device = torch.device(args.device)
     recycling_allocator = not args.default_allocator and keep_freed_cpu_memory(device)
     embedding_size = args.embedding_size or (128 if args.backbone == "mobilefacenet" else 512)
-    choices = []
-    if args.dtype == "auto" and device.type == "cpu":  # as train.py chooses: measured here, or cached
-        record = measured_precision(args.backbone, embedding_size, args.batch_size,
-                                    {"grad_checkpoint": True} if args.grad_checkpoint else {})
-        precision, choices = record["choice"], [measured.describe(record["family"], record), *layer_choice_lines()]
-    else:
-        precision = resolve_precision(args.dtype, device)
-    # PReLU's backward path applies to any CPU step; the convolutions' paths to CPU steps in bf16.
-    bf16_only = sorted(kind for kind in forced_paths if kind != "prelu_backward")
-    if forced_paths and (device.type != "cpu" or (bf16_only and precision != "bf16")):
-        parser.error(f"--cpu-paths: {', '.join(bf16_only or forced_paths)} apply to a CPU step"
-                     f"{' in bf16' if bf16_only else ''}, and this one runs in {precision} on {device.type} "
-                     f"(--dtype {args.dtype}); give --device cpu{' --dtype bf16' if bf16_only else ''}")
     cfg = Config(backbone=args.backbone, embedding_size=embedding_size, head=args.head, s=64.0, m=0.5,
-                 batch_size=args.batch_size, precision=precision, compile=args.compile,
+                 batch_size=args.batch_size, precision=args.dtype, compile=args.compile,
                  grad_checkpoint=args.grad_checkpoint,
                  channels_last=not args.no_channels_last, sharded_head=args.sharded_head,
                  sample_rate=args.sample_rate, workers=args.workers, device=args.device)
@@ -259,6 +247,19 @@ def main(argv=None):
                    "head": f"--head {args.head}", "batch_size": f"--batch-size {args.batch_size}",
                    "sample_rate": f"--sample-rate {args.sample_rate}", "workers": f"--workers {args.workers}",
                    "precision": f"--dtype {args.dtype}", "device": f"--device {args.device}"}, world_size=1)
+    choices = []
+    if args.dtype == "auto" and device.type == "cpu":  # as train.py chooses: measured here, or cached
+        record = measured_precision(cfg.backbone, cfg.embedding_size, cfg.batch_size, backbone_build_options(cfg))
+        precision, choices = record["choice"], [measured.describe(record["family"], record), *layer_choice_lines()]
+    else:
+        precision = resolve_precision(args.dtype, device)
+    cfg = dataclasses.replace(cfg, precision=precision)
+    # PReLU's backward path applies to any CPU step; the convolutions' paths to CPU steps in bf16.
+    bf16_only = sorted(kind for kind in forced_paths if kind != "prelu_backward")
+    if forced_paths and (device.type != "cpu" or (bf16_only and precision != "bf16")):
+        parser.error(f"--cpu-paths: {', '.join(bf16_only or forced_paths)} apply to a CPU step"
+                     f"{' in bf16' if bf16_only else ''}, and this one runs in {precision} on {device.type} "
+                     f"(--dtype {args.dtype}); give --device cpu{' --dtype bf16' if bf16_only else ''}")
     result = {"backbone": args.backbone, "head": args.head, "batch_size": args.batch_size,
               "num_classes": args.num_classes, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
               else f"cpu x{torch.get_num_threads()}", "dtype": precision, "compile": args.compile,
