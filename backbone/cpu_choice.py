@@ -21,20 +21,33 @@ from runtime.cpu import has_amx_bf16, has_onednn_bf16, inductor_cpp_compiler
 from runtime.precision import choose_precision
 
 from . import build_backbone
-from .layers import (PATH_CHOICES, DepthwiseConv2d, PointwiseConv2d, PReLU, choose_cpu_paths, cpu_paths,
-                     forced_cpu_paths, measuring_paths)
+from .layers import (FP32_KINDS, PATH_CHOICES, DepthwiseConv2d, PointwiseConv2d, PReLU, batchnorm_prelu,
+                     choose_cpu_paths, cpu_paths, forced_cpu_paths, measuring_paths)
 
 MEASURED_BATCH = 16
-# MobileFaceNet's shapes per layer kind, at the measured batch: PReLU inputs; 1x1 convs (input shape,
-# output channels); stride-2 depthwise inputs; the global depthwise input.
+# MobileFaceNet's shapes per layer kind, at the measured batch: PReLU and BatchNorm inputs; 1x1 convs
+# (input shape, output channels); stride-2 depthwise inputs; the global depthwise input.
 SHAPES = {
     "prelu_backward": [(MEASURED_BATCH, 64, 56, 56), (MEASURED_BATCH, 128, 28, 28), (MEASURED_BATCH, 256, 14, 14)],
+    "batchnorm_prelu": [(MEASURED_BATCH, 64, 56, 56), (MEASURED_BATCH, 128, 28, 28), (MEASURED_BATCH, 256, 14, 14)],
     "pointwise_conv": [((MEASURED_BATCH, 64, 56, 56), 128), ((MEASURED_BATCH, 128, 28, 28), 64),
                        ((MEASURED_BATCH, 128, 14, 14), 256), ((MEASURED_BATCH, 256, 14, 14), 128)],
     "strided_depthwise_conv": [(MEASURED_BATCH, 128, 56, 56), (MEASURED_BATCH, 256, 28, 28),
                                (MEASURED_BATCH, 512, 14, 14)],
     "global_depthwise_conv": [(MEASURED_BATCH, 512, 7, 7)],
 }
+
+
+class BatchNormPReLU(torch.nn.Module):
+    """BatchNorm2d then our PReLU, as MobileFaceNet's conv units chain them (backbone.layers.batchnorm_prelu)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bn = torch.nn.BatchNorm2d(channels)
+        self.prelu = PReLU(channels)
+
+    def forward(self, x):
+        return batchnorm_prelu(x, self.bn, self.prelu)
 
 
 def layer_for(kind: str, spec) -> tuple[torch.nn.Module, tuple]:
@@ -44,6 +57,8 @@ def layer_for(kind: str, spec) -> tuple[torch.nn.Module, tuple]:
     channels = shape[1]
     if kind == "prelu_backward":
         layer = PReLU(channels)
+    elif kind == "batchnorm_prelu":
+        layer = BatchNormPReLU(channels)
     elif kind == "pointwise_conv":
         layer = PointwiseConv2d(channels, spec[1], 1, bias=False)
     elif kind == "strided_depthwise_conv":
@@ -68,7 +83,7 @@ def _layer_pass(kind: str, path: str, dtype: torch.dtype):
         with forced_cpu_paths(**{kind: path}), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             for layer, x in cases:
                 out = layer(x)
-                torch.autograd.grad(out, (x, layer.weight), torch.ones_like(out))
+                torch.autograd.grad(out, (x, *layer.parameters()), torch.ones_like(out))
     return run
 
 
@@ -83,10 +98,10 @@ def _measure_paths() -> dict[str, str]:
     bf16 = has_onednn_bf16()
     paths = {}
     for kind, choices in PATH_CHOICES.items():
-        if kind != "prelu_backward" and not bf16:
+        if kind not in FP32_KINDS and not bf16:
             paths[kind] = rule[kind]  # the convolutions' paths apply only to bf16 steps, which this CPU does not run
             continue
-        # PReLU's paths apply in fp32 steps too: timed in the dtype the step here runs.
+        # The PReLU and BatchNorm paths apply in fp32 steps too: timed in the dtype the step here runs.
         dtype = torch.bfloat16 if bf16 else torch.float32
         usable = [path for path in choices if path != "fused" or inductor_cpp_compiler()]
         candidates = {path: _layer_pass(kind, path, dtype) for path in usable}

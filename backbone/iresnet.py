@@ -28,7 +28,7 @@ from torch import nn
 from runtime.errors import UnknownName
 
 from .checkpointing import checkpointed
-from .layers import PReLU
+from .layers import PReLU, batchnorm_prelu
 from .output_layer import option_e_layers
 
 ATTENTION_REDUCTION = 16
@@ -120,7 +120,7 @@ class IRBlock(nn.Module):
                 nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False), nn.BatchNorm2d(channels))
 
     def forward(self, x):
-        branch = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
+        branch = self.bn3(self.conv2(batchnorm_prelu(self.conv1(self.bn1(x)), self.bn2, self.prelu)))
         if self.attention is not None:
             branch = self.attention(branch)
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -153,7 +153,7 @@ class IResNet(nn.Module):
         self.bn2, self.dropout, self.fc, self.features = option_e_layers(in_channels, embedding_size, dropout)
 
     def forward(self, x):
-        x = self.prelu(self.bn1(self.conv1(x)))
+        x = batchnorm_prelu(self.conv1(x), self.bn1, self.prelu)
         checkpointing = self.grad_checkpoint and self.training and torch.is_grad_enabled()
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             for unit in stage:

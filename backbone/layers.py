@@ -7,6 +7,12 @@ CPU training step around kernels of torch 2.x / oneDNN that are slow for MobileF
   found), the same expression compiled into one fused pass and one reduction (the `fused` path: the
   step is memory-bound, and the ops path reads and writes full-size tensors four times). Both apply
   to any CPU training step, in fp32 too.
+- BatchNorm followed by PReLU (MobileFaceNet's and IR-ResNet's conv units), in training over a
+  channels_last input: both as one hand-written kernel (backbone/kernels/batchnorm_prelu.cpp, built
+  at first use by runtime.native), forward in two reads of the input and one write, backward in two
+  reads of the input and its output gradient and one write, where the two stock kernels take
+  about twice as many passes and store BatchNorm's output for PReLU's backward (the `fused` path of
+  `batchnorm_prelu`). It applies to fp32 and bf16 steps alike.
 - Depthwise convolutions under CPU bf16 autocast. oneDNN's bf16 backward-data of a *strided*
   depthwise conv is a slow reference path, and its bf16 weight gradient of the *global* depthwise
   conv (kernel as large as the input) is slow too. Two ways round the strided one: run the layer in
@@ -23,11 +29,13 @@ FACE_CPU_CHOICES=rule, the fixed rule choose_cpu_paths on the CPU's capability a
 (`tools/bench/benchmark_layers.py` times every path at batch 64). None of them changes the
 mathematics, only the kernels and rounding: the tests hold every path to the stock layer. On CUDA,
 without gradients (export, evaluation) and under torch.compile / TorchScript the layers call the
-stock kernels; in an fp32 CPU step only PReLU's backward is ours.
+stock kernels; in an fp32 CPU step only PReLU's backward and the BatchNorm+PReLU kernel are ours.
 """
 
 import contextlib
+import ctypes
 import functools
+import os
 import warnings
 
 import torch
@@ -37,22 +45,27 @@ from torch.autograd.function import once_differentiable
 
 from runtime.cpu import has_amx_bf16, inductor_cpp_compiler
 from runtime.errors import UnknownName
+from runtime.native import load_library
 
 # Layer kind -> the paths it can take; the first is the stock kernel of that layer (for PReLU's
 # backward, the four elementwise/reduction kernels below; torch's own is slower than both).
 PATH_CHOICES = {
     "prelu_backward": ("ops", "fused"),
+    "batchnorm_prelu": ("stock", "fused"),
     "pointwise_conv": ("conv", "matmul"),
     "strided_depthwise_conv": ("bf16", "fp32", "bf16_stride1_backward"),
     "global_depthwise_conv": ("bf16", "fp32"),
 }
+# The kinds whose paths apply to fp32 CPU steps as well; the convolutions' paths apply to bf16 ones only.
+FP32_KINDS = ("prelu_backward", "batchnorm_prelu")
 
 
 def choose_cpu_paths(amx_bf16: bool, cpp_compiler: bool) -> dict[str, str]:
-    """The rule: PReLU's backward fused wherever torch.compile can build it; depthwise paths that were
-    fastest per layer with and without AMX alike; the 1x1 convolution as a matmul only where oneDNN
-    runs AMX tiles (without them its conv kernel wins)."""
+    """The rule: PReLU's backward, and BatchNorm with PReLU, fused wherever a C++ compiler can build
+    them; depthwise paths that were fastest per layer with and without AMX alike; the 1x1 convolution
+    as a matmul only where oneDNN runs AMX tiles (without them its conv kernel wins)."""
     return {"prelu_backward": "fused" if cpp_compiler else "ops",
+            "batchnorm_prelu": "fused" if cpp_compiler else "stock",
             "pointwise_conv": "matmul" if amx_bf16 else "conv",
             "strided_depthwise_conv": "bf16_stride1_backward", "global_depthwise_conv": "fp32"}
 
@@ -205,6 +218,92 @@ class PReLU(nn.PReLU):
         if _stock_path(x) or x.dim() < 2:
             return F.prelu(x, self.weight)
         return _PReLUFunction.apply(x, self.weight)
+
+
+BATCHNORM_PRELU_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels", "batchnorm_prelu.cpp")
+_KERNEL_TYPES = (torch.float32, torch.bfloat16)
+
+
+@functools.lru_cache(maxsize=None)
+def _batchnorm_prelu_kernels() -> ctypes.CDLL:
+    library = load_library(BATCHNORM_PRELU_SOURCE)
+    pointer, count, real, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
+    library.batchnorm_prelu_forward.argtypes = [pointer, pointer, count, count] + [pointer] * 3 + [real, real] + \
+        [pointer] * 4 + [flag, flag]
+    library.batchnorm_prelu_backward.argtypes = [pointer, pointer, pointer, count, count] + [pointer] * 8 + [flag, flag]
+    library.batchnorm_prelu_forward.restype = library.batchnorm_prelu_backward.restype = None
+    return library
+
+
+class _BatchNormPReLUFunction(torch.autograd.Function):
+    """prelu(batch_norm(x)) in training for a channels_last [N, C, H, W] input (fp32 or bf16, the
+    output in x's dtype), updating `bn`'s running statistics as BatchNorm does with `momentum`."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, slope, bn, momentum):
+        rows, channels = x.numel() // x.shape[1], x.shape[1]
+        gamma, beta = gamma.detach().contiguous(), beta.detach().contiguous()
+        slopes = slope.detach().expand(channels).contiguous()  # a single slope serves every channel
+        out = torch.empty_like(x)
+        mean, invstd = torch.empty(channels), torch.empty(channels)
+        _batchnorm_prelu_kernels().batchnorm_prelu_forward(
+            x.data_ptr(), out.data_ptr(), rows, channels, gamma.data_ptr(), beta.data_ptr(), slopes.data_ptr(),
+            bn.eps, momentum, bn.running_mean.data_ptr(), bn.running_var.data_ptr(), mean.data_ptr(),
+            invstd.data_ptr(), x.dtype == torch.bfloat16, torch.get_num_threads())
+        ctx.save_for_backward(x, mean, invstd, gamma, beta, slopes)
+        ctx.slope_shape = slope.shape
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, mean, invstd, gamma, beta, slopes = ctx.saved_tensors
+        grad = grad.to(x.dtype).contiguous(memory_format=torch.channels_last)
+        rows, channels = x.numel() // x.shape[1], x.shape[1]
+        grad_x = torch.empty_like(x)
+        grad_gamma, grad_beta, grad_slope = torch.empty(channels), torch.empty(channels), torch.empty(channels)
+        _batchnorm_prelu_kernels().batchnorm_prelu_backward(
+            grad.data_ptr(), x.data_ptr(), grad_x.data_ptr(), rows, channels, mean.data_ptr(), invstd.data_ptr(),
+            gamma.data_ptr(), beta.data_ptr(), slopes.data_ptr(), grad_gamma.data_ptr(), grad_beta.data_ptr(),
+            grad_slope.data_ptr(), x.dtype == torch.bfloat16, torch.get_num_threads())
+        if grad_slope.numel() != ctx.slope_shape.numel():
+            grad_slope = grad_slope.sum()
+        return grad_x, grad_gamma, grad_beta, grad_slope.reshape(ctx.slope_shape), None, None
+
+
+def _fusable(x: torch.Tensor, bn: nn.Module, prelu: nn.Module) -> bool:
+    """Whether the fused kernel computes what prelu(bn(x)) would (up to rounding): a training step with
+    gradients, our PReLU (the old step of tools/bench swaps it for torch's, and so the stock kernels)
+    after a plain affine BatchNorm2d tracking its statistics, fp32 parameters, and a channels_last fp32
+    or bf16 input with more than one value per channel (BatchNorm itself refuses one)."""
+    return (isinstance(prelu, PReLU) and type(bn) is nn.BatchNorm2d and bn.training and bn.affine
+            and bn.track_running_stats and x.dim() == 4 and x.dtype in _KERNEL_TYPES and not _stock_path(x)
+            and x.shape[1] == bn.num_features and prelu.weight.numel() in (1, x.shape[1])
+            and x.numel() > x.shape[1] and x.is_contiguous(memory_format=torch.channels_last)
+            and all(tensor.dtype == torch.float32
+                    for tensor in (bn.weight, bn.bias, bn.running_mean, bn.running_var, prelu.weight)))
+
+
+def _batchnorm_prelu_buildable() -> bool:
+    try:
+        _batchnorm_prelu_kernels()
+        return True
+    except Exception as error:  # NativeBuildError, or a library without the functions: keep training
+        _failed["batchnorm_prelu"] = "stock"
+        warnings.warn(f"backbone.layers: the fused BatchNorm+PReLU kernel is unavailable ({error}); "
+                      "using the stock kernels")
+        return False
+
+
+def batchnorm_prelu(x: torch.Tensor, bn: nn.BatchNorm2d, prelu: nn.PReLU) -> torch.Tensor:
+    """prelu(bn(x)): as one kernel on the `fused` path of `cpu_paths()` where `_fusable` holds, else
+    the two modules."""
+    if not (_fusable(x, bn, prelu) and cpu_paths()["batchnorm_prelu"] == "fused" and _batchnorm_prelu_buildable()):
+        return prelu(bn(x))
+    # As nn.BatchNorm2d.forward: count the batch, and with momentum None take the cumulative average.
+    bn.num_batches_tracked.add_(1)
+    momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    return _BatchNormPReLUFunction.apply(x, bn.weight, bn.bias, prelu.weight, bn, momentum)
 
 
 class _StridedDepthwiseFunction(torch.autograd.Function):

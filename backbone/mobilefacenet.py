@@ -17,7 +17,7 @@ order, so converting their checkpoints is a renumbering of that one prefix.
 import torch
 from torch import nn
 
-from .layers import DepthwiseConv2d, PointwiseConv2d, PReLU
+from .layers import DepthwiseConv2d, PointwiseConv2d, PReLU, batchnorm_prelu
 
 # (expansion t, output channels c, repeats n, first stride s), the paper's Table 1.
 BOTTLENECK_TABLE = ((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2), (2, 128, 2, 1))
@@ -41,8 +41,8 @@ class ConvBN(nn.Module):
         self.prelu = None if linear else PReLU(out_channels)
 
     def forward(self, x):
-        x = self.bn(self.conv(x))
-        return x if self.prelu is None else self.prelu(x)
+        x = self.conv(x)
+        return self.bn(x) if self.prelu is None else batchnorm_prelu(x, self.bn, self.prelu)
 
 
 class Bottleneck(nn.Module):

@@ -95,6 +95,13 @@ def atomic_file(path, mode: str = "wb", keep_previous=None):
             os.remove(temporary)
 
 
+def user_cache_folder() -> str:
+    """This project's folder in the user's cache, ``$XDG_CACHE_HOME/face_pytorch`` (default
+    ``~/.cache``): what a process measures or builds for this machine and later processes reuse."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "face_pytorch")
+
+
 def why_unwritable(path, folder: bool = False) -> str | None:
     """Why this user could not write `path` (a file, or with `folder` a folder to write files into),
     or None when it can: an existing `path` must be a file (or a folder, with `folder`), and the

@@ -3,8 +3,9 @@
 A *family* (one layer kind at its shapes, one network's step at its batch) has candidates, one of them
 the stock one. At first use each candidate is timed; the fastest is chosen only where it beats the
 stock candidate by more than MARGIN (the timing noise of a short measurement), so a choice is never
-slower than stock. Results are cached per CPU (runtime.cpu.cpu_identity), thread count and torch version in
-``$XDG_CACHE_HOME/face_pytorch/cpu_choices.json`` (default ``~/.cache``), with the times that chose.
+slower than stock. Results are cached per CPU (runtime.cpu.cpu_identity), thread count, torch version
+and oneDNN ISA cap in ``$XDG_CACHE_HOME/face_pytorch/cpu_choices.json`` (default ``~/.cache``), with
+the times that chose.
 
 ``FACE_CPU_CHOICES`` in the environment says how:
 
@@ -24,8 +25,8 @@ from datetime import date
 
 import torch
 
-from .artifacts import atomic_file
-from .cpu import cpu_identity
+from .artifacts import atomic_file, user_cache_folder
+from .cpu import cpu_identity, onednn_isa_cap
 from .errors import UnknownName
 
 MODE_VARIABLE = "FACE_CPU_CHOICES"
@@ -43,14 +44,15 @@ def mode() -> str:
 
 
 def cache_file() -> str:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "face_pytorch", "cpu_choices.json")
+    return os.path.join(user_cache_folder(), "cpu_choices.json")
 
 
 def machine_key() -> str:
-    """What a measurement holds for: the CPU (model, family and model numbers, flags), the thread count
-    and the torch version."""
-    return f"{cpu_identity()} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+    """What a measurement holds for: the CPU (model, family and model numbers, flags), the thread count,
+    the torch version and any ISA cap set for oneDNN (a capped oneDNN runs other kernels)."""
+    cap = onednn_isa_cap()
+    return (f"{cpu_identity()} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+            + (f" | oneDNN capped at {cap}" if cap else ""))
 
 
 def _read_cache(path: str) -> dict:

@@ -81,6 +81,20 @@ def test_a_choice_is_measured_once_cached_per_machine_and_remeasured_on_request(
         measured.choose("family/test", {"stock": slow}, stock="stock", rule="stock")
 
 
+def test_a_choice_measured_without_a_onednn_isa_cap_is_not_taken_under_one(measuring, monkeypatch):
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    slow, slow_calls = counted(matmuls(384, 8))
+    fast, fast_calls = counted(matmuls(8, 1))
+    assert measured.choose("family/cap", {"stock": slow, "fast": fast}, stock="stock", rule="stock")["choice"] == "fast"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert measured.machine_key().endswith(" | oneDNN capped at AVX2")
+    measured.forget()
+    again = measured.choose("family/cap", {"stock": slow, "fast": fast}, stock="stock", rule="stock")
+    assert again["how"] == "measured" and len(slow_calls) == 8  # timed again for the capped oneDNN
+    with open(measured.cache_file(), encoding="utf-8") as handle:
+        assert len(json.load(handle)) == 2
+
 def test_an_unreadable_cache_is_measured_again_and_rewritten(measuring):
     os.makedirs(os.path.dirname(measured.cache_file()))
     with open(measured.cache_file(), "w", encoding="utf-8") as handle:

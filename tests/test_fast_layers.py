@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbone import build_backbone
-from backbone.layers import (PATH_CHOICES, DepthwiseConv2d, PointwiseConv2d, PReLU, _PReLUFunction, choose_cpu_paths,
-                             cpu_paths, forced_cpu_paths)
+from backbone.layers import (PATH_CHOICES, DepthwiseConv2d, PointwiseConv2d, PReLU, _PReLUFunction, batchnorm_prelu,
+                             choose_cpu_paths, cpu_paths, forced_cpu_paths)
 from runtime import PRECISIONS, UsageError, autocast_context, check_precision, keep_freed_cpu_memory, resolve_precision
 from runtime.cpu import CPUINFO, cpu_features, has_amx_bf16, has_onednn_bf16, inductor_cpp_compiler, parse_cpuinfo
 from runtime.precision import choose_precision
@@ -97,7 +97,7 @@ def test_prelu_under_bf16_autocast_is_exact_in_x_and_more_accurate_in_the_weight
 TOOLCHAIN_PROBE = """
 import json, warnings, torch
 from torch import nn
-from backbone.layers import PReLU, cpu_paths
+from backbone.layers import PReLU, batchnorm_prelu, cpu_paths
 from runtime.cpu import inductor_cpp_compiler
 before = cpu_paths()["prelu_backward"]
 x = torch.randn(4, 6, 5, 5).contiguous(memory_format=torch.channels_last)
@@ -109,10 +109,23 @@ for layer in (nn.PReLU(6), PReLU(6)):
         warnings.simplefilter("always")
         layer(inputs).backward(grad)
     results.append((inputs.grad, layer.weight.grad))
+messages = [str(w.message) for w in caught if "PReLU" in str(w.message)]
+# BatchNorm then PReLU: torch's two modules, then ours through batchnorm_prelu
+batchnorm_before = cpu_paths()["batchnorm_prelu"]
+batchnorm_grads = []
+for layer in (nn.PReLU(6), PReLU(6)):
+    inputs = x.clone().requires_grad_()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batchnorm_prelu(inputs, nn.BatchNorm2d(6), layer).backward(grad)
+    messages += [str(w.message) for w in caught if "BatchNorm" in str(w.message)]
+    batchnorm_grads.append(inputs.grad)
 print(json.dumps({"compiler": inductor_cpp_compiler(), "before": before, "after": cpu_paths()["prelu_backward"],
-                  "warnings": [str(w.message) for w in caught if "PReLU" in str(w.message)],
+                  "batchnorm_before": batchnorm_before, "batchnorm_after": cpu_paths()["batchnorm_prelu"],
+                  "warnings": messages,
                   "same_grad_x": torch.equal(results[0][0], results[1][0]),
-                  "grad_w_close": torch.allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-5)}))
+                  "grad_w_close": torch.allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-5),
+                  "batchnorm_grad_close": torch.allclose(*batchnorm_grads, rtol=1e-4, atol=1e-5)}))
 """
 
 
@@ -120,6 +133,7 @@ def probe_with_compiler(compiler, tmp_path):
     import json
     import subprocess
     env = {**os.environ, "CXX": compiler, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+           "XDG_CACHE_HOME": str(tmp_path / "cache"),
            "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
     done = subprocess.run([sys.executable, "-c", TOOLCHAIN_PROBE], env=env, capture_output=True, text=True,
                           timeout=600)
@@ -128,20 +142,24 @@ def probe_with_compiler(compiler, tmp_path):
 
 
 @pytest.mark.slow
-def test_without_a_cpp_compiler_prelu_takes_the_ops_path(tmp_path):
+def test_without_a_cpp_compiler_prelu_and_batchnorm_take_the_unfused_paths(tmp_path):
     result = probe_with_compiler("/nonexistent/c++", tmp_path)
     assert result["compiler"] == "" and result["before"] == result["after"] == "ops" and not result["warnings"]
-    assert result["same_grad_x"] and result["grad_w_close"]
+    assert result["batchnorm_before"] == result["batchnorm_after"] == "stock"
+    assert result["same_grad_x"] and result["grad_w_close"] and result["batchnorm_grad_close"]
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/bin/true"), reason="needs /bin/true as a compiler that builds nothing")
-def test_a_compiler_that_cannot_build_falls_back_to_the_ops_path_with_one_warning(tmp_path):
+def test_a_compiler_that_cannot_build_falls_back_to_the_stock_paths_with_one_warning_each(tmp_path):
     # /bin/true answers --version, so Inductor takes it, and then produces no kernel library.
     result = probe_with_compiler("/bin/true", tmp_path)
     assert result["compiler"] == "/bin/true" and result["before"] == "fused" and result["after"] == "ops"
-    assert len(result["warnings"]) == 1 and "failed on the fused PReLU backward" in result["warnings"][0]
-    assert result["same_grad_x"] and result["grad_w_close"]
+    assert result["batchnorm_before"] == "fused" and result["batchnorm_after"] == "stock"
+    assert len(result["warnings"]) == 2 and "failed on the fused PReLU backward" in result["warnings"][0]
+    assert result["warnings"][1].startswith("backbone.layers: the fused BatchNorm+PReLU kernel is unavailable "
+                                            "(building ") and "no library written" in result["warnings"][1]
+    assert result["same_grad_x"] and result["grad_w_close"] and result["batchnorm_grad_close"]
 
 
 def test_prelu_takes_the_stock_kernel_where_no_gradient_is_needed():
@@ -152,6 +170,91 @@ def test_prelu_takes_the_stock_kernel_where_no_gradient_is_needed():
         assert torch.equal(layer(x), F.prelu(x, layer.weight))
     traced = torch.jit.trace(layer, torch.randn(2, 4, 3, 3))
     assert "prelu" in str(traced.graph) and "PReLUFunction" not in str(traced.graph)
+
+
+def batchnorm_prelu_run(x, grad, path, scalar_slope=False, momentum=0.1, steps=1, autocast=False):
+    """Output, gradients and BatchNorm's buffers after `steps` training passes of BatchNorm2d then our
+    PReLU on `path` (or, with path None, the same layers in float64 as the reference)."""
+    channels = x.shape[1]
+    bn, prelu = nn.BatchNorm2d(channels, momentum=momentum), PReLU(1 if scalar_slope else channels)
+    bn.weight.data = torch.linspace(0.5, 1.5, channels)
+    bn.bias.data = torch.linspace(-0.5, 0.5, channels)
+    bn.running_var.fill_(2.0)
+    prelu.weight.data = torch.linspace(0.1, 0.4, prelu.weight.numel())
+    if path is None:
+        bn, prelu, x, grad = bn.double(), nn.PReLU(prelu.weight.numel()).double().requires_grad_(), x.double(), grad.double()
+        prelu.weight.data = torch.linspace(0.1, 0.4, prelu.weight.numel(), dtype=torch.float64)
+    for _ in range(steps):
+        inputs = x.detach().clone().requires_grad_()
+        bn.zero_grad(), prelu.zero_grad()
+        with forced_cpu_paths(batchnorm_prelu=path or "stock"), \
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast and path is not None):
+            out = batchnorm_prelu(inputs, bn, prelu)
+        out.backward(grad)
+    return {"out": out, "grad_x": inputs.grad, "grad_gamma": bn.weight.grad, "grad_beta": bn.bias.grad,
+            "grad_slope": prelu.weight.grad, "running_mean": bn.running_mean, "running_var": bn.running_var,
+            "batches": bn.num_batches_tracked, "grad_fn": out.grad_fn.name()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape,scalar_slope", [((4, 16, 9, 9), False), ((3, 8, 5, 5), True), ((2, 6, 1, 1), False)])
+def test_fused_batchnorm_prelu_is_as_accurate_as_the_stock_kernels(dtype, shape, scalar_slope):
+    generator = torch.Generator().manual_seed(6)
+    # An offset mean, so that the statistics must not cancel their digits.
+    x = (3 * torch.randn(shape, generator=generator) + 1.5).to(dtype).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(shape, generator=generator).to(dtype).contiguous(memory_format=torch.channels_last)
+    autocast = dtype == torch.bfloat16
+    exact = batchnorm_prelu_run(x, grad, None, scalar_slope, steps=2)
+    stock = batchnorm_prelu_run(x, grad, "stock", scalar_slope, steps=2, autocast=autocast)
+    fused = batchnorm_prelu_run(x, grad, "fused", scalar_slope, steps=2, autocast=autocast)
+    assert fused["grad_fn"] == "_BatchNormPReLUFunctionBackward" and stock["grad_fn"] != fused["grad_fn"]
+    assert fused["out"].dtype == stock["out"].dtype == dtype
+    assert fused["out"].is_contiguous(memory_format=torch.channels_last)
+    assert fused["grad_x"].dtype == dtype and fused["grad_x"].is_contiguous(memory_format=torch.channels_last)
+    assert int(fused["batches"]) == int(stock["batches"]) == 2
+    for key in ("out", "grad_x", "grad_gamma", "grad_beta", "grad_slope", "running_mean", "running_var"):
+        assert fused[key].shape == exact[key].shape and fused[key].dtype != torch.float64, key
+        scale = exact[key].abs().max()
+        error_fused = ((fused[key].double() - exact[key]).abs().max() / scale).item()
+        error_stock = ((stock[key].double() - exact[key]).abs().max() / scale).item()
+        assert error_fused <= max(2 * error_stock, 2e-6), (key, error_fused, error_stock)
+
+
+def test_fused_batchnorm_prelu_takes_the_cumulative_average_with_momentum_none():
+    x = torch.randn(4, 8, 6, 6, generator=torch.Generator().manual_seed(7)).contiguous(memory_format=torch.channels_last)
+    grad = torch.ones_like(x)
+    stock = batchnorm_prelu_run(x, grad, "stock", momentum=None, steps=3)
+    fused = batchnorm_prelu_run(x, grad, "fused", momentum=None, steps=3)
+    assert fused["grad_fn"] == "_BatchNormPReLUFunctionBackward" and int(fused["batches"]) == 3
+    assert torch.allclose(fused["running_mean"], stock["running_mean"], atol=1e-6)
+    assert torch.allclose(fused["running_var"], stock["running_var"], rtol=1e-5)
+
+
+def test_batchnorm_prelu_takes_the_stock_kernels_where_the_fused_one_does_not_apply():
+    bn, prelu = nn.BatchNorm2d(6), PReLU(6)
+    x = torch.randn(2, 6, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+
+    def grad_fn(inputs, bn=bn, prelu=prelu, path="fused"):
+        with forced_cpu_paths(batchnorm_prelu=path):
+            return batchnorm_prelu(inputs, bn, prelu).grad_fn.name()
+
+    assert grad_fn(x) == "_BatchNormPReLUFunctionBackward"
+    assert grad_fn(x, path="stock") == "_PReLUFunctionBackward"
+    assert grad_fn(x.detach().contiguous().requires_grad_()) == "_PReLUFunctionBackward"  # not channels_last
+    assert grad_fn(x.detach().double().requires_grad_(), bn.double(), PReLU(6).double()) != \
+        "_BatchNormPReLUFunctionBackward"
+    bn.float()
+    assert grad_fn(x, prelu=nn.PReLU(6)) == "PreluKernelBackward0"  # torch's PReLU: the old step's stock layer
+    assert grad_fn(x, bn=nn.SyncBatchNorm(6)) == "_PReLUFunctionBackward"
+    assert grad_fn(x, bn=nn.BatchNorm2d(6, affine=False)) == "_PReLUFunctionBackward"
+    bn.eval()
+    assert grad_fn(x) == "_PReLUFunctionBackward"  # evaluation: the running statistics
+    bn.train()
+    with torch.no_grad():
+        with forced_cpu_paths(batchnorm_prelu="fused"):
+            assert torch.equal(batchnorm_prelu(x, bn, prelu), prelu(bn(x)))
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        grad_fn(torch.randn(1, 6, 1, 1, requires_grad=True))
 
 
 def depthwise_pair(stride, size=12, kernel=3, padding=1, channels=8):
@@ -178,11 +281,11 @@ def forward_backward(layer, x, paths=None, autocast=True, seed=4):
 
 def test_the_rule_fuses_prelu_where_it_can_build_and_takes_the_matmul_only_with_amx():
     depthwise = {"strided_depthwise_conv": "bf16_stride1_backward", "global_depthwise_conv": "fp32"}
-    for compiler, prelu in ((False, "ops"), (True, "fused")):
+    for compiler, prelu, batchnorm in ((False, "ops", "stock"), (True, "fused", "fused")):
         assert choose_cpu_paths(amx_bf16=False, cpp_compiler=compiler) == {
-            "prelu_backward": prelu, "pointwise_conv": "conv", **depthwise}
+            "prelu_backward": prelu, "batchnorm_prelu": batchnorm, "pointwise_conv": "conv", **depthwise}
         assert choose_cpu_paths(amx_bf16=True, cpp_compiler=compiler) == {
-            "prelu_backward": prelu, "pointwise_conv": "matmul", **depthwise}
+            "prelu_backward": prelu, "batchnorm_prelu": batchnorm, "pointwise_conv": "matmul", **depthwise}
     for amx, compiler in itertools.product((False, True), repeat=2):
         paths = choose_cpu_paths(amx, compiler)
         assert list(paths) == list(PATH_CHOICES) and all(path in PATH_CHOICES[kind] for kind, path in paths.items())

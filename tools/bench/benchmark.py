@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from backbone import BACKBONES, backbone_options  # noqa: E402
 from backbone.complexity import count_macs  # noqa: E402
 from backbone.cpu_choice import layer_choice_lines, measured_precision  # noqa: E402
-from backbone.layers import PATH_CHOICES, cpu_paths, forced_cpu_paths  # noqa: E402
+from backbone.layers import FP32_KINDS, PATH_CHOICES, cpu_paths, forced_cpu_paths  # noqa: E402
 from config import Config, validate  # noqa: E402
 from runtime import (PRECISION_CHOICES, UnknownName, check_writable, keep_freed_cpu_memory, measured,  # noqa: E402
                      positive_int, resolve_precision, run_cli)
@@ -254,8 +254,8 @@ def main(argv=None):
     else:
         precision = resolve_precision(args.dtype, device)
     cfg = dataclasses.replace(cfg, precision=precision)
-    # PReLU's backward path applies to any CPU step; the convolutions' paths to CPU steps in bf16.
-    bf16_only = sorted(kind for kind in forced_paths if kind != "prelu_backward")
+    # The PReLU and BatchNorm paths apply to any CPU step; the convolutions' paths to CPU steps in bf16.
+    bf16_only = sorted(kind for kind in forced_paths if kind not in FP32_KINDS)
     if forced_paths and (device.type != "cpu" or (bf16_only and precision != "bf16")):
         parser.error(f"--cpu-paths: {', '.join(bf16_only or forced_paths)} apply to a CPU step"
                      f"{' in bf16' if bf16_only else ''}, and this one runs in {precision} on {device.type} "

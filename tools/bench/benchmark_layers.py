@@ -8,6 +8,8 @@ path backbone.layers.PATH_CHOICES lists for it and says which one `cpu_paths()` 
 machine (`chosen`) and which one measured fastest here (`fastest`):
 - PReLU: the backward pass alone (input and weight gradients), nn.PReLU against backbone.layers.PReLU
   on each of its paths (`ops`, `fused`: these apply to fp32 steps too);
+- BatchNorm then PReLU, forward + backward, on the two stock kernels against the fused one (this
+  applies to fp32 steps too);
 - pointwise (1x1) conv, strided depthwise conv, global depthwise conv: forward + backward.
 The CPU's model and features come first, as tools/bench/benchmark.py reports them, with the default
 precision: where it is fp32 (no fast bf16 kernels on this CPU) no training step takes the
@@ -54,7 +56,7 @@ def backward_ms(layer, shape, repeats, include_forward: bool, paths=None) -> flo
                 out = layer(x)
             if not include_forward:
                 start = time.perf_counter()
-            torch.autograd.grad(out, (x, layer.weight), torch.ones_like(out))
+            torch.autograd.grad(out, (x, *layer.parameters()), torch.ones_like(out))
             return time.perf_counter() - start
 
     once()  # warm-up: oneDNN primitive creation, first touch of the buffers
@@ -86,6 +88,8 @@ def main(argv=None):
                       for path in PATH_CHOICES["prelu_backward"]})
         rows.append({"layer": "prelu backward", "shape": list(shape), "ms": times,
                      "chosen": cpu_paths()["prelu_backward"], "fastest": min(times, key=times.get)})
+    for shape in PRELU_SHAPES:
+        rows.append(path_row("batchnorm+prelu forward+backward", "batchnorm_prelu", shape, args.repeats))
     for spec in POINTWISE_SHAPES:
         rows.append(path_row("pointwise conv forward+backward", "pointwise_conv", spec, args.repeats))
     for shape in STRIDED_DEPTHWISE_SHAPES:
