@@ -11,8 +11,7 @@ The library is cached in ``$XDG_CACHE_HOME/face_pytorch/native/`` (default ``~/.
 digest of the source, the compiler and its version, the flags and the CPU (`-march=native` code
 must not run on another kind of CPU sharing the same home folder); each build is written beside its
 final name and renamed into place (runtime.artifacts), so ranks building at once do not see half a
-file. A home that
-cannot be written gets the library built in a temporary folder for this process.
+file. A home that cannot be written gets the library built in a temporary folder for this process.
 """
 
 from __future__ import annotations

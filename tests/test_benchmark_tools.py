@@ -48,8 +48,8 @@ def assert_reports_the_cpu(report):
 
 @pytest.mark.slow
 def test_training_benchmark_takes_the_forced_cpu_paths():
-    forced = {"prelu_backward": "ops", "batchnorm_prelu": "stock", "pointwise_conv": "matmul", "strided_depthwise_conv": "bf16_stride1_backward",
-              "global_depthwise_conv": "fp32"}
+    forced = {"prelu_backward": "ops", "batchnorm_prelu": "stock", "pointwise_conv": "matmul",
+              "strided_depthwise_conv": "bf16_stride1_backward", "global_depthwise_conv": "fp32"}
     result = run_json("tools/bench/benchmark.py", "--backbone", "mobilefacenet", "--batch-size", "2", "--num-classes", "10",
                       "--device", "cpu", "--dtype", "bf16", "--steps", "1", "--warmup", "0", "--json", "--cpu-paths",
                       ",".join(f"{kind}={path}" for kind, path in forced.items()))
@@ -128,9 +128,10 @@ def test_old_step_gets_torch_s_stock_layers_everywhere():
 def test_layer_benchmark_times_every_path_and_names_the_chosen_one():
     result = run_json("tools/bench/benchmark_layers.py", "--repeats", "1", "--json")
     assert [row["layer"] for row in result["rows"]] == (
-        ["prelu backward"] * 3 + ["batchnorm+prelu forward+backward"] * 3 + ["pointwise conv forward+backward"] * 6 + ["stride-2 depthwise forward+backward"] * 3
-        + ["global depthwise forward+backward"])
-    kinds = {"batchnorm+prelu forward+backward": "batchnorm_prelu", "pointwise conv forward+backward": "pointwise_conv",
+        ["prelu backward"] * 3 + ["batchnorm+prelu forward+backward"] * 3 + ["pointwise conv forward+backward"] * 6
+        + ["stride-2 depthwise forward+backward"] * 3 + ["global depthwise forward+backward"])
+    kinds = {"batchnorm+prelu forward+backward": "batchnorm_prelu",
+             "pointwise conv forward+backward": "pointwise_conv",
              "stride-2 depthwise forward+backward": "strided_depthwise_conv",
              "global depthwise forward+backward": "global_depthwise_conv"}
     for row in result["rows"]:

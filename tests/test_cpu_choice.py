@@ -95,6 +95,7 @@ def test_a_choice_measured_without_a_onednn_isa_cap_is_not_taken_under_one(measu
     with open(measured.cache_file(), encoding="utf-8") as handle:
         assert len(json.load(handle)) == 2
 
+
 def test_an_unreadable_cache_is_measured_again_and_rewritten(measuring):
     os.makedirs(os.path.dirname(measured.cache_file()))
     with open(measured.cache_file(), "w", encoding="utf-8") as handle:

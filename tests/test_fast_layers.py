@@ -181,12 +181,14 @@ def batchnorm_prelu_run(x, grad, path, scalar_slope=False, momentum=0.1, steps=1
     bn.bias.data = torch.linspace(-0.5, 0.5, channels)
     bn.running_var.fill_(2.0)
     prelu.weight.data = torch.linspace(0.1, 0.4, prelu.weight.numel())
-    if path is None:
-        bn, prelu, x, grad = bn.double(), nn.PReLU(prelu.weight.numel()).double().requires_grad_(), x.double(), grad.double()
-        prelu.weight.data = torch.linspace(0.1, 0.4, prelu.weight.numel(), dtype=torch.float64)
+    if path is None:  # the reference: torch's PReLU with the same slopes, everything in float64
+        reference = nn.PReLU(prelu.weight.numel())
+        reference.weight.data = prelu.weight.data.clone()
+        bn, prelu, x, grad = bn.double(), reference.double(), x.double(), grad.double()
     for _ in range(steps):
         inputs = x.detach().clone().requires_grad_()
-        bn.zero_grad(), prelu.zero_grad()
+        bn.zero_grad()
+        prelu.zero_grad()
         with forced_cpu_paths(batchnorm_prelu=path or "stock"), \
                 torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast and path is not None):
             out = batchnorm_prelu(inputs, bn, prelu)
@@ -221,7 +223,8 @@ def test_fused_batchnorm_prelu_is_as_accurate_as_the_stock_kernels(dtype, shape,
 
 
 def test_fused_batchnorm_prelu_takes_the_cumulative_average_with_momentum_none():
-    x = torch.randn(4, 8, 6, 6, generator=torch.Generator().manual_seed(7)).contiguous(memory_format=torch.channels_last)
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 8, 6, 6, generator=generator).contiguous(memory_format=torch.channels_last)
     grad = torch.ones_like(x)
     stock = batchnorm_prelu_run(x, grad, "stock", momentum=None, steps=3)
     fused = batchnorm_prelu_run(x, grad, "fused", momentum=None, steps=3)
