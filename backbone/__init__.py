@@ -55,6 +55,14 @@ def backbone_options(name: str) -> set[str]:
     return set(inspect.signature(BACKBONES[name]).parameters) - {"embedding_size"}
 
 
+def default_embedding_size(name: str) -> int:
+    """The embedding size the network `name` is built with when none is given: its constructor's
+    default (MobileFaceNet's 128, 512 for the others)."""
+    if name not in BACKBONES:
+        raise UnknownName("backbone", name, sorted(BACKBONES))
+    return inspect.signature(BACKBONES[name]).parameters["embedding_size"].default
+
+
 def build_backbone(name: str, embedding_size: int, **options):
     """The network `name` with an `embedding_size`-d output; `options` go to its constructor."""
     accepted = backbone_options(name)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import config
-from backbone import BACKBONES, backbone_options, build_backbone
+from backbone import BACKBONES, backbone_options, build_backbone, default_embedding_size
 from backbone.iresnet import IResNet
 from backbone.layers import PATH_CHOICES, forced_cpu_paths
 from dataset.image_codec import check_size, check_size_policy
@@ -32,6 +32,7 @@ CPU = torch.device("cpu")
 REFUSALS = [
     (lambda: build_backbone("ir51", 8), "backbone", "ir51", sorted(BACKBONES)),
     (lambda: backbone_options("ir51"), "backbone", "ir51", sorted(BACKBONES)),
+    (lambda: default_embedding_size("ir51"), "backbone", "ir51", sorted(BACKBONES)),
     (lambda: build_backbone("mobilefacenet", 8, depth=3), "mobilefacenet option", "depth", []),
     (lambda: IResNet([1, 1, 1, 1], attention="se2"), "attention", "se2", ["cam", "cbam", "sam", "se", "None"]),
     (lambda: forced_cpu_paths(prelu="ops").__enter__(), "layer kind", "prelu", list(PATH_CHOICES)),
@@ -99,3 +100,11 @@ def test_an_unknown_name_survives_pickling_as_it_was():
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is UnknownName and str(copy) == str(error) == \
         "--backbone: unknown backbone 'ir51'; valid: ir50, ir100 (did you mean 'ir50'?)"
+
+
+def test_the_default_embedding_size_is_what_the_constructor_builds():
+    assert default_embedding_size("mobilefacenet") == 128 and default_embedding_size("vit_t") == 512
+    for name in ("mobilefacenet", "ir18"):
+        with torch.no_grad():
+            features = BACKBONES[name]().eval()(torch.zeros(2, 3, 112, 112))
+        assert features.shape == (2, default_embedding_size(name)), name

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository root
-from backbone import BACKBONES, build_backbone  # noqa: E402
+from backbone import BACKBONES, build_backbone, default_embedding_size  # noqa: E402
 from backbone.cpu_choice import layer_choice_lines, measured_precision  # noqa: E402
 from backbone.layers import DepthwiseConv2d, PointwiseConv2d, PReLU, cpu_paths, cpu_step_report  # noqa: E402
 from config import Config  # noqa: E402
@@ -137,14 +137,9 @@ def chosen_variants(default_precision: str, compile: bool, slow_bf16: bool) -> l
     return variants
 
 
-def embedding_size(backbone: str) -> int:
-    """The embedding each row compares at: MobileFaceNet's 128, the others' 512."""
-    return 128 if backbone == "mobilefacenet" else 512
-
-
 def measure(variant, backbone, batch, args) -> float:
     """images/s of one variant, in the current (fresh) process."""
-    embedding = embedding_size(backbone)
+    embedding = default_embedding_size(backbone)
     step, recycle, compile = VARIANTS[variant]
     if recycle:
         keep_freed_cpu_memory(torch.device("cpu"))
@@ -202,7 +197,7 @@ def main(argv=None):
     table = []
     for name, batch in rows:
         # `auto` as train.py resolves it for this network and batch: measured here, or cached.
-        choice = measured_precision(name, embedding_size(name), batch)
+        choice = measured_precision(name, default_embedding_size(name), batch)
         row = {"backbone": name, "batch_size": batch, "default_precision": choice["choice"]}
         if not args.json:
             print(f"cpu choice: {measured.describe(choice['family'], choice)}", flush=True)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository root
-from backbone import BACKBONES, backbone_options  # noqa: E402
+from backbone import BACKBONES, backbone_options, default_embedding_size  # noqa: E402
 from backbone.complexity import count_macs  # noqa: E402
 from backbone.cpu_choice import layer_choice_lines, measured_precision  # noqa: E402
 from backbone.layers import FP32_KINDS, PATH_CHOICES, cpu_paths, forced_cpu_paths  # noqa: E402
@@ -236,7 +236,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     recycling_allocator = not args.default_allocator and keep_freed_cpu_memory(device)
-    embedding_size = args.embedding_size or (128 if args.backbone == "mobilefacenet" else 512)
+    embedding_size = args.embedding_size or default_embedding_size(args.backbone)
     cfg = Config(backbone=args.backbone, embedding_size=embedding_size, head=args.head, s=64.0, m=0.5,
                  batch_size=args.batch_size, precision=args.dtype, compile=args.compile,
                  grad_checkpoint=args.grad_checkpoint,

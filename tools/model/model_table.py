@@ -11,19 +11,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository root
 
-from backbone import BACKBONES  # noqa: E402
+from backbone import BACKBONES, default_embedding_size  # noqa: E402
 from backbone.complexity import count_macs, count_parameters, fp32_size_bytes  # noqa: E402
 from runtime import check_writable, run_cli  # noqa: E402
 
-TABLE_EMBEDDING_SIZE = 512
-# Networks whose default embedding is not 512 get a row at their default too.
-DEFAULT_EMBEDDING_SIZES = {"mobilefacenet": 128}
+TABLE_EMBEDDING_SIZE = 512  # networks whose default embedding is another size get a row at their default too
 
 
 def table_rows():
     """(name, embedding size, parameters, MACs, fp32 bytes) for each row, in registry order."""
     for name, constructor in BACKBONES.items():
-        sizes = sorted({DEFAULT_EMBEDDING_SIZES.get(name, TABLE_EMBEDDING_SIZE), TABLE_EMBEDDING_SIZE})
+        sizes = sorted({default_embedding_size(name), TABLE_EMBEDDING_SIZE})
         for embedding_size in sizes:
             model = constructor(embedding_size=embedding_size)
             yield (name, embedding_size, count_parameters(model), count_macs(model),
